@@ -408,8 +408,23 @@ def containerd_processes():
         except (IOError, OSError):
             continue
         if argv and os.path.basename(argv[0]) == 'containerd':
-            found.append((int(entry), argv))
+            found.append((int(entry), argv, _containerd_dirs(argv)))
     return sorted(found)
+
+
+def _containerd_dirs(argv):
+    """{'root': ..., 'state': ...} from the config file a containerd was started with."""
+    dirs = {}
+    if '--config' in argv[:-1]:
+        try:
+            with open(argv[argv.index('--config') + 1]) as handle:
+                for line in handle:
+                    key, sep, value = line.partition('=')
+                    if sep and key.strip() in ('root', 'state'):
+                        dirs[key.strip()] = value.strip().strip('"')
+        except (IOError, OSError):
+            pass
+    return dirs
 
 
 # ---------------------------------------------------------------- mounts

@@ -83,17 +83,18 @@ def cmd_down(args):
 
 
 def cmd_status(_args):
-    print('%-6s %-8s %-8s %-46s %s' % ('ENGINE', 'STATE', 'VERSION', 'DOCKER_HOST', 'PID'))
+    print('%-6s %-8s %-16s %-44s %s' % ('ENGINE', 'STATE', 'VERSION', 'DOCKER_HOST', 'PID'))
     for name in _labkit.known_engines():
         version = _labkit.engine_answers(name)
         pid = _labkit.engine_pid(name)
         state = 'up' if version else ('starting' if pid else 'down')
-        print('%-6s %-8s %-8s %-46s %s' % (name, state, version or '-',
+        print('%-6s %-8s %-16s %-44s %s' % (name, state, version or '-',
                                            _labkit.docker_host(name), pid or '-'))
     print('')
     print('containerd processes (one per engine, each with its own state dir):')
-    for pid, argv in _labkit.containerd_processes():
-        print('  %d %s' % (pid, ' '.join(argv)))
+    for pid, argv, dirs in _labkit.containerd_processes():
+        print('  pid %d %s\n    state %s\n    root  %s' % (
+            pid, ' '.join(argv), dirs.get('state', '?'), dirs.get('root', '?')))
     print('')
     _print_sticks()
     return 0
