@@ -348,7 +348,9 @@ def start_engine(name, version='20', containerd_store=False, wait_seconds=120):
             log_handle.write(('\n=== %s starting %s\n' % (
                 time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), ' '.join(cmd))).encode())
             log_handle.flush()
-            process = subprocess.Popen(['setsid'] + cmd, stdin=subprocess.DEVNULL,
+            # start_new_session is the setsid; the setsid(1) wrapper would fork (the child
+            # already leads its group) and exit 0 at once, which looked like a failed start.
+            process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
                                        stdout=log_handle, stderr=log_handle,
                                        env=_engine_env(version), close_fds=True,
                                        start_new_session=True)
