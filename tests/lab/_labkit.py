@@ -272,9 +272,34 @@ def _alive(pid):
         return False
 
 
+def _cmdline(pid):
+    try:
+        with open('/proc/%d/cmdline' % pid, 'rb') as handle:
+            return [_text(a) for a in handle.read().split(b'\0') if a]
+    except (IOError, OSError):
+        return []
+
+
+def _ours(pid, marker):
+    """The process is alive and its command line names `marker` (a pid may be re-used)."""
+    return _alive(pid) and any(marker in arg for arg in _cmdline(pid))
+
+
 def engine_pid(name):
-    pid = _read_pid(_engine_paths(name)['pidfile'])
-    return pid if _alive(pid) else None
+    paths = _engine_paths(name)
+    pid = _read_pid(paths['pidfile'])
+    return pid if _ours(pid, paths['data_root']) else None
+
+
+def _terminate(pid, marker, wait_seconds):
+    if not _ours(pid, marker):
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.time() + wait_seconds
+    while time.time() < deadline and _alive(pid):
+        time.sleep(0.2)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
 
 
 def _log_tail(path, lines=25):
@@ -297,9 +322,11 @@ def _engine_env(version):
 
 
 def _clean_dead(paths):
-    """Remove what a dead engine left: its pidfile, socket, and its containerd's pidfile."""
-    for path in (paths['pidfile'], paths['socket'],
-                 os.path.join(paths['exec_root'], 'containerd', 'containerd.pid')):
+    """Remove what a dead engine left: its pidfile and socket; stop a containerd it left
+    running (dockerd killed hard leaves its containerd behind) and remove its pidfile."""
+    containerd_pidfile = os.path.join(paths['exec_root'], 'containerd', 'containerd.pid')
+    _terminate(_read_pid(containerd_pidfile), paths['exec_root'], 15)
+    for path in (paths['pidfile'], paths['socket'], containerd_pidfile):
         if os.path.lexists(path):
             os.unlink(path)
 
@@ -399,7 +426,7 @@ def known_engines():
 
 
 def containerd_processes():
-    """(pid, argv) of every running containerd (not shims), to show each engine has its own."""
+    """(pid, argv, dirs) of every running containerd (not shims), to show each engine has its own."""
     found = []
     for entry in os.listdir('/proc'):
         if not entry.isdigit():

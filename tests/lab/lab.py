@@ -70,7 +70,14 @@ def cmd_up(args):
 
 
 def cmd_down(args):
-    engines = _engine_list(args.engines) if args.engines else _labkit.known_engines()
+    engines = _labkit.known_engines()
+    if args.engines:
+        wanted = [n.strip() for n in args.engines.split(',') if n.strip()]
+        unknown = [n for n in wanted if n not in engines]
+        if unknown:
+            raise LabError('unknown engine(s) %s; known: %s' % (', '.join(unknown),
+                                                               ', '.join(engines)))
+        engines = wanted
     for name in engines:
         stopped = _labkit.stop_engine(name)
         print('engine %s: %s' % (name, 'stopped' if stopped else 'not running'))
