@@ -177,16 +177,29 @@ class CallbackModule(CallbackBase):
 
 RSS_WRAPPER = '''#!%(python)s
 # Written by tests/lab/bench.py: runs the module with the real interpreter as a
-# child and records the child's peak resident set size (getrusage).
+# child; when the child has exited (not yet reaped) reads its I/O counters, then
+# its peak resident set size (getrusage of the reaped child).
 import json
+import os
 import resource
 import subprocess
 import sys
 
-rc = subprocess.call([%(python)r] + sys.argv[1:])
+child = subprocess.Popen([%(python)r] + sys.argv[1:])
+os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
+io = {}
+try:
+    with open('/proc/%%d/io' %% child.pid) as handle:
+        for line in handle:
+            key, _sep, value = line.partition(':')
+            io[key.strip()] = int(value)
+except (IOError, OSError, ValueError):
+    pass
+rc = child.wait()
 usage = resource.getrusage(resource.RUSAGE_CHILDREN)
 with open(%(out)r, 'a') as handle:
-    handle.write(json.dumps({'argv': sys.argv[1:], 'maxrss_kib': usage.ru_maxrss}) + '\\n')
+    handle.write(json.dumps({'argv': sys.argv[1:], 'maxrss_kib': usage.ru_maxrss,
+                             'rchar': io.get('rchar'), 'wchar': io.get('wchar')}) + '\\n')
 sys.exit(rc)
 '''
 
@@ -233,7 +246,11 @@ class Ansible(object):
         self.count = 0
 
     def play(self, task, rss=False):
-        """Run a playbook with this one task; return (seconds, task result dict, peak RSS KiB)."""
+        """Run a playbook with this one task; return (seconds, task result dict, probe).
+
+        With rss=True the module runs under the wrapper interpreter and probe is
+        {'maxrss_kib', 'rchar', 'wchar'} of the module process (else None).
+        """
         self.count += 1
         name = 'play%03d' % self.count
         interpreter = self.wrapper if rss else self.python
@@ -260,8 +277,9 @@ class Ansible(object):
         if proc.returncode != 0 or not lines or lines[-1]['status'] != 'ok':
             detail = lines[-1]['result'].get('msg') if lines else proc.stdout.decode()[-2000:]
             raise RuntimeError('playbook %s failed (rc=%d): %s' % (playbook, proc.returncode, detail))
-        peak = None
+        probe = None
         if rss:
             with open(self.rss_file) as handle:
-                peak = max(json.loads(line)['maxrss_kib'] for line in handle if line.strip())
-        return seconds, lines[-1]['result'], peak
+                probes = [json.loads(line) for line in handle if line.strip()]
+            probe = max(probes, key=lambda item: item['maxrss_kib'])
+        return seconds, lines[-1]['result'], probe
