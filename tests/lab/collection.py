@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 """Lay the working tree out as ansible_collections/pibackup/docker_usb.
 
 ansible-test only runs from inside such a path, and ansible-playbook finds the

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 """The pibackup lab: Docker engines, loop-backed USB sticks and sample images.
 
     lab.py up [--engines d20,d26,d26c]   install what is missing, clear stale state, start the
