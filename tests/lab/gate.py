@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 """The quality gates of pibackup.docker_usb, one subcommand each.
 
     gate.py units | sanity | lint | build | integration | molecule
@@ -161,6 +161,7 @@ def gate_lint(args):
     coll = refresh_copy(args.collroot)
     env = gate_env(args.collroot)
     env['ANSIBLE_LINT_SKIP_VERSION_CHECK'] = '1'
+    env['NO_COLOR'] = '1'
     run([tool('ansible-lint'), '--profile', 'production', '--offline'] + args.extra, cwd=coll, env=env)
     run([tool('antsibull-changelog'), 'lint'], cwd=coll, env=env)
 
@@ -282,7 +283,7 @@ def gate_integration(args):
             runs += [(name, engine) for engine in engines]
     if not runs:
         log('no integration targets under tests/integration/targets yet')
-    for engine in sorted({engine for _, engine in runs}):
+    for engine in sorted({engine for _target, engine in runs}):
         if not engine_answers(engine):
             raise GateFailure('lab engine %s does not answer on %s/%s/docker.sock: run "make lab"'
                               % (engine, LAB_RUN, engine))
