@@ -1,7 +1,9 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 """The fleet lab: N simulated Raspberry Pis on this one machine.
 
-    fleet.py up [--hosts N]     start (or complete) the fleet; default 3 hosts
+    fleet.py up [--hosts N] [--fresh-sticks]
+                                start (or complete) the fleet; default 3 hosts;
+                                --fresh-sticks gives each host an empty stick
     fleet.py down [--purge]     stop the fleet's engines and sshd, detach its sticks
     fleet.py status             one line per host: engine, stick, interpreter, images
     fleet.py stop-engine HOST   stop one host's engine (a host whose engine is down)
@@ -384,7 +386,7 @@ def fleet_hosts():
     return sorted(found, key=lambda n: int(n[len('fleet'):]))
 
 
-def up(count):
+def up(count, fresh_sticks=False):
     started = time.time()
     kit.require_root()
     kit.ensure_packages(kit.APT_PACKAGES + FLEET_PACKAGES)
@@ -404,7 +406,8 @@ def up(count):
     for index in range(1, count + 1):
         host = host_name(index)
         kit.start_engine(host, version='20')
-        device = kit.create_stick(host, fs='exfat', size_mib=STICK_MIB, label=host.upper())
+        device = kit.create_stick(host, fs='exfat', size_mib=STICK_MIB, label=host.upper(),
+                                  recreate=fresh_sticks)
         made = ensure_images(host)
         kit.log('%s: engine %s, stick %s (%s)%s' % (
             host, kit.docker_host(host), device, host.upper(),
@@ -476,6 +479,8 @@ def main():
     sub.required = True
     up_parser = sub.add_parser('up', help='start the fleet (idempotent)')
     up_parser.add_argument('--hosts', type=int, default=3)
+    up_parser.add_argument('--fresh-sticks', action='store_true',
+                           help='make a new empty filesystem on every host\'s stick')
     down_parser = sub.add_parser('down', help='stop the fleet')
     down_parser.add_argument('--purge', action='store_true',
                              help='also delete stick files, engine data and fleet state')
@@ -487,7 +492,7 @@ def main():
         if args.command == 'up':
             if args.hosts < 1:
                 parser.error('--hosts must be at least 1')
-            up(args.hosts)
+            up(args.hosts, args.fresh_sticks)
         elif args.command == 'down':
             down(args.purge)
         elif args.command == 'status':
