@@ -85,6 +85,24 @@ def out(cmd, **kwargs):
     return _text(run(cmd, **kwargs).stdout)
 
 
+class lab_lock(object):
+    """Serialise the lab's changes (engine starts, sticks, samples) between processes."""
+
+    def __init__(self):
+        self._handle = None
+
+    def __enter__(self):
+        import fcntl
+        _makedirs(STATE)
+        self._handle = open(os.path.join(STATE, 'lab.lock'), 'a')
+        fcntl.flock(self._handle, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc_info):
+        self._handle.close()
+        return False
+
+
 def require_root():
     if os.geteuid() != 0:
         raise LabError('the lab must run as root (it installs packages, starts Docker '
@@ -231,8 +249,13 @@ def docker_cli(name_or_version):
     """The engine's own docker CLI (the 20.10 one or the one unpacked with Docker 26)."""
     version = name_or_version if name_or_version in ('20', '26') else engine_version(name_or_version)
     if version == '26':
-        return os.path.join(DOCKER26_ROOT, 'usr', 'bin', 'docker')
-    return '/usr/bin/docker'
+        cli = os.path.join(DOCKER26_ROOT, 'usr', 'bin', 'docker')
+        if os.path.exists(cli):
+            return cli
+    for cli in ('/usr/bin/docker', '/usr/local/bin/docker'):
+        if os.path.exists(cli):
+            return cli
+    return 'docker'
 
 
 def docker(name, args, **kwargs):
@@ -387,6 +410,7 @@ def start_engine(name, version='20', containerd_store=False, wait_seconds=120):
     deadline = time.time() + wait_seconds
     while time.time() < deadline:
         if engine_answers(name):
+            _check_own_containerd(name, paths)
             return docker_host(name)
         if process is not None and process.poll() is not None:
             raise LabError('engine %s exited (code %s) while starting; log %s:\n%s' % (
@@ -394,6 +418,17 @@ def start_engine(name, version='20', containerd_store=False, wait_seconds=120):
         time.sleep(0.5)
     raise LabError('engine %s did not answer on %s within %ss; log %s:\n%s' % (
         name, docker_host(name), wait_seconds, paths['log'], _log_tail(paths['log'])))
+
+
+def _check_own_containerd(name, paths):
+    """dockerd uses a system containerd when /run/containerd/containerd.sock exists; the lab
+    wants each engine on its own one (own state dir), so say so instead of sharing quietly."""
+    pid = _read_pid(os.path.join(paths['exec_root'], 'containerd', 'containerd.pid'))
+    if not _ours(pid, paths['exec_root']):
+        raise LabError('engine %s answers but did not start its own containerd (is a system '
+                       'containerd running at /run/containerd/containerd.sock?); stop it and '
+                       'run the lab again. Log %s:\n%s' % (name, paths['log'],
+                                                           _log_tail(paths['log'])))
 
 
 def stop_engine(name, wait_seconds=60):
@@ -623,8 +658,17 @@ def create_stick(name, fs='exfat', size_mib=1024, label=None, read_only=False, r
     if not os.path.exists(path):
         run(['truncate', '-s', '%dM' % int(size_mib), path])
         _mkfs(fs, label, path)
-    elif not attached and not blkid(path).get('TYPE'):
-        _mkfs(fs, label, path)
+    else:
+        info = blkid(attached[0][0] if attached else path)
+        if not info.get('TYPE') and not attached:
+            _mkfs(fs, label, path)
+        elif info.get('TYPE') != fs:
+            raise LabError('stick %s already exists with filesystem %s, not %s; use '
+                           '--recreate (recreate=True) for a fresh %s stick' % (
+                               name, info.get('TYPE') or 'none', fs, fs))
+        elif info.get('LABEL') != label:
+            log('stick %s: keeping its label %s (asked for %s; --recreate makes it new)' % (
+                name, info.get('LABEL'), label))
     # one loop device per file, with the requested read-only mode
     keep = None
     for device, ro in attached:

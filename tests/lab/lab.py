@@ -195,9 +195,13 @@ def parser():
 def main(argv=None):
     args = parser().parse_args(argv)
     try:
-        if args.command != 'env':
-            _labkit.require_root()
-        return args.func(args)
+        if args.command in ('env',):
+            return args.func(args)
+        _labkit.require_root()
+        if args.command == 'status' or getattr(args, 'stick_command', None) == 'list':
+            return args.func(args)
+        with _labkit.lab_lock():
+            return args.func(args)
     except LabError as exc:
         print('lab.py %s: %s' % (args.command, exc), file=sys.stderr)
         return 1
