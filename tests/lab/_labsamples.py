@@ -150,13 +150,18 @@ def _import(engine, kind, ref):
 
 def ensure_samples(engine):
     """Create the missing sample images on `engine`; return the references created."""
-    created = []
-    for ref, kind, extra in SAMPLES:
+    foreign = []
+    for ref in sample_references():
         image_id, labels = _inspect(engine, ref)
         if image_id is not None and not _is_sample(labels):
-            raise LabError('engine %s: %s exists but is not a lab sample (no label %s); '
-                           'the lab leaves it alone: remove or rename it yourself' % (
-                               engine, ref, SAMPLE_LABEL))
+            foreign.append(ref)
+    if foreign:
+        raise LabError('engine %s: %s exist(s) but is not a lab sample (no label %s); the lab '
+                       'leaves such images alone: remove or rename them yourself' % (
+                           engine, ', '.join(foreign), SAMPLE_LABEL))
+    created = []
+    for ref, kind, extra in SAMPLES:
+        image_id, _labels = _inspect(engine, ref)
         if image_id is None:
             # a sibling tag may still hold the image (e.g. only multi:latest is left)
             for other in extra:
@@ -171,12 +176,9 @@ def ensure_samples(engine):
             image_id = _import(engine, kind, ref)
             created.append(ref)
         for other in extra:
-            other_id, other_labels = _inspect(engine, other)
+            other_id, _labels = _inspect(engine, other)
             if other_id == image_id:
                 continue
-            if other_id is not None and not _is_sample(other_labels):
-                raise LabError('engine %s: %s exists but is not a lab sample; the lab '
-                               'leaves it alone' % (engine, other))
             _labkit.docker(engine, ['tag', image_id, other])
             created.append(other)
     return created
