@@ -75,8 +75,8 @@ def cmd_down(args):
         wanted = [n.strip() for n in args.engines.split(',') if n.strip()]
         unknown = [n for n in wanted if n not in engines]
         if unknown:
-            raise LabError('unknown engine(s) %s; known: %s' % (', '.join(unknown),
-                                                               ', '.join(engines)))
+            raise LabError('unknown engine(s) %s; known: %s' % (
+                ', '.join(unknown), ', '.join(engines)))
         engines = wanted
     for name in engines:
         stopped = _labkit.stop_engine(name)
@@ -95,8 +95,8 @@ def cmd_status(_args):
         version = _labkit.engine_answers(name)
         pid = _labkit.engine_pid(name)
         state = 'up' if version else ('starting' if pid else 'down')
-        print('%-6s %-8s %-16s %-44s %s' % (name, state, version or '-',
-                                           _labkit.docker_host(name), pid or '-'))
+        print('%-6s %-8s %-16s %-44s %s' % (
+            name, state, version or '-', _labkit.docker_host(name), pid or '-'))
     print('')
     print('containerd processes (one per engine, each with its own state dir):')
     for pid, argv, dirs in _labkit.containerd_processes():
@@ -155,9 +155,10 @@ def cmd_samples(args):
 
 
 def parser():
-    top = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+    summary, _sep, details = __doc__.partition('\n\n')
+    top = argparse.ArgumentParser(description=summary,
                                   formatter_class=argparse.RawDescriptionHelpFormatter,
-                                  epilog=__doc__.split('\n', 2)[2])
+                                  epilog=details)
     sub = top.add_subparsers(dest='command')
     sub.required = True
     up = sub.add_parser('up', help='install, clear stale state, start engines, sticks, samples')
