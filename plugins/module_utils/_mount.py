@@ -513,6 +513,8 @@ class MountManager(object):
         self.result['max_file_bytes'] = VFAT_MAX_FILE_BYTES if fstype == 'vfat' else None
         driver, binary = self._choose_driver(fstype)
         self.result['driver'] = driver
+        # Built before anything is touched: a request the driver cannot honour fails here.
+        argv = mount_command(driver, fstype, binary, device, path, self.desired)
 
         daemons = self._daemons()
         entries = self._mounts()
@@ -572,7 +574,6 @@ class MountManager(object):
                                     % device, item=device)
             if self._ensure_mount_point():
                 self.result['changed'] = True
-            argv = mount_command(driver, fstype, binary, device, path, self.desired)
             self.client.action('mount %s (%s, %s driver) at %s: %s' % (device, fstype, driver, path, ' '.join(argv)))
             self.result['changed'] = True
             if not self.check_mode:
