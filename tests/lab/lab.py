@@ -6,6 +6,7 @@
     lab.py down [--engines NAMES]        stop engines; without --engines also unmount and
                                          detach every lab stick (the files stay)
     lab.py status                        engines, their containerds, sticks
+    lab.py check                         exit 1 (naming each problem) unless the lab is as promised
     lab.py env ENGINE                    print DOCKER_HOST=... for the engine
     lab.py stick create NAME [--fs exfat|vfat] [--size MIB] [--label L] [--read-only] [--recreate]
     lab.py stick remove NAME [--delete]
@@ -90,13 +91,16 @@ def cmd_down(args):
 
 
 def cmd_status(_args):
-    print('%-6s %-8s %-16s %-44s %s' % ('ENGINE', 'STATE', 'VERSION', 'DOCKER_HOST', 'PID'))
+    line = '%-7s %-8s %-16s %-44s %-8s %s'
+    print(line % ('ENGINE', 'STATE', 'VERSION', 'DOCKER_HOST', 'PID', 'SAMPLES'))
+    wanted = len(_labsamples.sample_references())
     for name in _labkit.known_engines():
         version = _labkit.engine_answers(name)
         pid = _labkit.engine_pid(name)
         state = 'up' if version else ('starting' if pid else 'down')
-        print('%-6s %-8s %-16s %-44s %s' % (
-            name, state, version or '-', _labkit.docker_host(name), pid or '-'))
+        samples = '%d/%d' % (len(_labsamples.list_samples(name)), wanted) if version else '-'
+        print(line % (name, state, version or '-', _labkit.docker_host(name), pid or '-',
+                      samples))
     print('')
     print('containerd processes (one per engine, each with its own state dir):')
     for pid, argv, dirs in _labkit.containerd_processes():
@@ -105,6 +109,62 @@ def cmd_status(_args):
     print('')
     _print_sticks()
     return 0
+
+
+def lab_problems():
+    """What differs from the lab contract (CONTRIBUTING.md); empty when all is well."""
+    problems = []
+    containerd_states = {}
+    for pid, _argv, dirs in _labkit.containerd_processes():
+        containerd_states[dirs.get('state')] = pid
+    for name, (version, store) in sorted(ENGINE_TABLE.items()):
+        server = _labkit.engine_answers(name)
+        if not server:
+            problems.append('engine %s does not answer on %s' % (name, _labkit.docker_host(name)))
+            continue
+        if not server.startswith('%s.' % version):
+            problems.append('engine %s runs Docker %s, not %s' % (name, server, version))
+        driver = _labkit.out([_labkit.docker_cli(name), '-H', _labkit.docker_host(name), 'info',
+                              '--format', '{{.Driver}} {{json .DriverStatus}}']).strip()
+        if store and 'io.containerd.snapshotter' not in driver:
+            problems.append('engine %s does not use the containerd image store: %s' % (
+                name, driver))
+        if not store and not driver.startswith('overlay2 '):
+            problems.append('engine %s uses %s, not overlay2' % (name, driver))
+        state = os.path.join(_labkit.RUN, name, 'x', 'containerd', 'daemon')
+        if state not in containerd_states:
+            problems.append('engine %s has no containerd of its own (state %s)' % (name, state))
+        samples = dict(_labsamples.list_samples(name))
+        missing = [r for r in _labsamples.sample_references() if r not in samples]
+        if missing:
+            problems.append('engine %s lacks samples %s' % (name, ', '.join(missing)))
+        elif samples['pibackup-lab/multi:1.0'] != samples['pibackup-lab/multi:latest']:
+            problems.append('engine %s: multi:1.0 and multi:latest differ' % name)
+        else:
+            size = int(_labkit.out([_labkit.docker_cli(name), '-H', _labkit.docker_host(name),
+                                    'image', 'inspect', '--format', '{{.Size}}',
+                                    'pibackup-lab/big:1.0']).strip())
+            if size < 100 * 1000 * 1000:
+                problems.append('engine %s: pibackup-lab/big:1.0 has %d bytes' % (name, size))
+    devices = [d for d, _ro in _labkit.loop_devices_of(_labkit.stick_file(DEMO_STICK['name']))]
+    if len(devices) != 1:
+        problems.append('demo stick attached %d times (%s)' % (len(devices), devices))
+    else:
+        info = _labkit.blkid(devices[0])
+        if (info.get('TYPE'), info.get('LABEL')) != (DEMO_STICK['fs'], DEMO_STICK['label']):
+            problems.append('demo stick %s: blkid says TYPE=%s LABEL=%s' % (
+                devices[0], info.get('TYPE'), info.get('LABEL')))
+    return problems
+
+
+def cmd_check(_args):
+    problems = lab_problems()
+    for problem in problems:
+        print('PROBLEM: %s' % problem)
+    if not problems:
+        print('lab ok: %s answer with their own containerd, demo stick %s, samples on each' % (
+            ', '.join(sorted(ENGINE_TABLE)), DEMO_STICK['label']))
+    return 1 if problems else 0
 
 
 def _print_sticks():
@@ -168,6 +228,8 @@ def parser():
     down.add_argument('--engines', help='only stop these engines (sticks stay attached)')
     down.set_defaults(func=cmd_down)
     sub.add_parser('status', help='engines and sticks').set_defaults(func=cmd_status)
+    sub.add_parser('check', help='exit 1 unless the lab matches its contract (after up)'
+                   ).set_defaults(func=cmd_check)
     env = sub.add_parser('env', help='print DOCKER_HOST for an engine')
     env.add_argument('engine')
     env.set_defaults(func=cmd_env)
@@ -199,7 +261,7 @@ def main(argv=None):
         if args.command in ('env',):
             return args.func(args)
         _labkit.require_root()
-        if args.command == 'status' or getattr(args, 'stick_command', None) == 'list':
+        if args.command in ('status', 'check') or getattr(args, 'stick_command', None) == 'list':
             return args.func(args)
         with _labkit.lab_lock():
             return args.func(args)
