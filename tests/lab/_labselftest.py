@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Private to the lab (tests/lab): a real end-to-end test of lab.py in a separate state folder.
 """Run the whole lab cycle for real, beside the team's lab, and check what it promises.
 
