@@ -11,7 +11,8 @@ Public entry points (used by lab.py and by the fleet lab):
     start_engine(name, version='20', containerd_store=False) -> DOCKER_HOST URL,
     stop_engine(name), engine_answers(name), docker_cli(name), docker_host(name),
     create_stick(name, fs, size_mib, label, read_only=False, recreate=False) -> /dev/loopN,
-    remove_stick(name, delete=False), list_sticks(), clear_stale_state().
+    remove_stick(name, delete=False), list_sticks(), clear_stale_state(),
+    lab_lock() (a context manager: hold it while changing engines or sticks, as lab.py does).
 """
 from __future__ import absolute_import, division, print_function
 
