@@ -518,7 +518,7 @@ class MountManager(object):
 
         daemons = self._daemons()
         entries = self._mounts()
-        device_mounts = [e for e in self._mounts_of(device, entries, daemons)]
+        device_mounts = self._mounts_of(device, entries, daemons)
         at_path = _mountinfo.top_mount_at(entries, path)
         before = None
         if at_path is not None:
@@ -665,5 +665,5 @@ class MountManager(object):
             self.result['unmounted'].append(entry.mount_point)
             self.result['changed'] = True
         if self.client.diff_mode:
-            self.result['diff'] = dict(before=before, after=[dict(state='unmounted', path=e.mount_point)
-                                                              for e in targets])
+            after = [dict(state='unmounted', path=e.mount_point) for e in targets]
+            self.result['diff'] = dict(before=before, after=after)

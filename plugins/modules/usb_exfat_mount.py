@@ -24,7 +24,7 @@ description:
   - When the stick is mounted elsewhere (a desktop automount under C(/media) or C(/run/media)), it
     is released there first (O(release_automount)). When it is mounted at O(path) with other
     options, it is unmounted and mounted again (FUSE mounts cannot be remounted).
-  - A FUSE mount whose daemon died (C(Transport endpoint is not connected)) counts as not mounted:
+  - A FUSE mount whose daemon died (C(Transport endpoint is not connected)) counts as not mounted;
     the dead entry is unmounted and the stick mounted again.
   - After mounting, a small file is created, fsynced and deleted as O(uid)/O(gid) to prove the
     stick is writable for that user; a read-only or dirty stick is unmounted again and the task
@@ -36,7 +36,7 @@ description:
     Pi uses; the collection's own integration tests run on machines without kernel exfat/vfat and
     exercise the FUSE path; the kernel path is covered by unit tests of its option handling.
 author:
-  - pibackup maintainers
+  - pibackup maintainers (@pibackup)
 options:
   path:
     description:
