@@ -27,6 +27,8 @@ from ansible_collections.pibackup.docker_usb.plugins.module_utils import _mounti
 MAX_ID = 4294967294          # (uid_t)-1 is reserved
 VFAT_MAX_FILE_BYTES = 4294967295
 PROC_FILESYSTEMS = '/proc/filesystems'
+UID_MAP = '/proc/self/uid_map'
+GID_MAP = '/proc/self/gid_map'
 
 # fstype (blkid TYPE) -> FUSE daemon and the package that ships it.
 FUSE_DRIVERS = {
@@ -62,7 +64,19 @@ def parse_mask(value, name):
     return mask
 
 
-def resolve_id(value, kind):
+def id_is_mapped(number, map_path):
+    """Whether number lies in one of the ranges of a /proc/self/uid_map-style file.
+
+    A missing or unreadable map counts as mapped (the kernel range was checked already)."""
+    try:
+        with open(map_path) as handle:
+            ranges = [tuple(int(f) for f in line.split()) for line in handle if line.strip()]
+    except (IOError, OSError, ValueError):
+        return True
+    return any(inside <= number < inside + count for inside, _outside, count in ranges)
+
+
+def resolve_id(value, kind, map_path=None):
     """A uid/gid given as a number or a name -> int; names resolved with pwd/grp."""
     if value is None:
         return None
@@ -71,6 +85,9 @@ def resolve_id(value, kind):
         number = int(text)
         if not 0 <= number <= MAX_ID:
             raise ModuleFailure('%s=%s is out of range (0 to %d)' % (kind, text, MAX_ID), item=kind)
+        if map_path and not id_is_mapped(number, map_path):
+            raise ModuleFailure('%s=%s is out of range: it is not mapped in this user namespace (%s)'
+                                % (kind, text, map_path), item=kind)
         return number
     try:
         if kind in ('uid', 'path_owner'):
@@ -93,8 +110,8 @@ def desired_options(params):
     dmask = parse_mask(params.get('dmask'), 'dmask')
     extra = [o for o in (params.get('options') or []) if o not in ('rw',)]
     return dict(
-        uid=resolve_id(params.get('uid'), 'uid'),
-        gid=resolve_id(params.get('gid'), 'gid'),
+        uid=resolve_id(params.get('uid'), 'uid', UID_MAP),
+        gid=resolve_id(params.get('gid'), 'gid', GID_MAP),
         umask=umask,
         fmask=umask if fmask is None else fmask,
         dmask=umask if dmask is None else dmask,
@@ -212,13 +229,6 @@ class MountManager(object):
 
     # ---- reading the live state
 
-    def _run(self, argv, what):
-        rc, out, err = self.module.run_command(argv)
-        if rc != 0:
-            raise ModuleFailure('%s failed (rc=%d): %s' % (what, rc, (err or out).strip()),
-                                item=' '.join(argv), rc=rc, stdout=out, stderr=err)
-        return out
-
     def _blkid(self, device=None):
         binary = self.module.get_bin_path('blkid', opt_dirs=['/sbin', '/usr/sbin'])
         if not binary:
@@ -296,6 +306,8 @@ class MountManager(object):
         self.path_uid = resolve_id(p['path_owner'], 'path_owner')
         self.path_gid = resolve_id(p['path_group'], 'path_group')
         self.path_mode = parse_mask(p['path_mode'], 'path_mode')
+        if p['busy_timeout'] < 0:
+            raise ModuleFailure('busy_timeout=%d: give 0 or more seconds' % p['busy_timeout'], item='busy_timeout')
         if p['device']:
             device = os.path.realpath(p['device'])
             try:
@@ -577,7 +589,12 @@ class MountManager(object):
             self.client.action('mount %s (%s, %s driver) at %s: %s' % (device, fstype, driver, path, ' '.join(argv)))
             self.result['changed'] = True
             if not self.check_mode:
-                self._run(argv, 'mounting %s at %s' % (device, path))
+                rc, out, err = self.module.run_command(argv)
+                if rc != 0:
+                    message = (err or out).strip()
+                    raise ModuleFailure('mounting %s at %s failed (rc=%d): %s. If the filesystem is damaged, run '
+                                        'fsck.%s on the unmounted %s' % (device, path, rc, message, fstype, device),
+                                        item=device, cmd=argv, rc=rc, stdout=out, stderr=err)
                 self._after_mount(device, path)
 
         self._report_live(device, path, need_mount)

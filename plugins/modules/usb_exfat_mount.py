@@ -179,6 +179,11 @@ notes:
     else without C(uid)/C(gid)/C(umask) options is judged by the owner and mode of the mount root.
   - The owner and mode of the mount point directory can only be checked while nothing is mounted
     on it.
+  - As for every module that returns O(path), Ansible adds C(uid), C(gid), C(owner), C(group),
+    C(mode), C(state) and C(size) of the mount point (its root directory) to the result; the
+    options the stick is mounted with are in RV(options).
+  - O(uid) and O(gid) must lie between 0 and 4294967294 and be mapped in the user namespace the
+    module runs in (C(/proc/self/uid_map)); names are resolved with the host's user database.
 requirements:
   - blkid (util-linux), mount and umount
   - exfat-fuse (mount.exfat-fuse) when the kernel has no exfat driver; fusefat when it has no vfat driver

@@ -126,3 +126,53 @@ def test_kernel_supports(tmp_path):
     assert _mount.kernel_supports('vfat', str(table))
     assert not _mount.kernel_supports('exfat', str(table))
     assert not _mount.kernel_supports('exfat', str(tmp_path / 'missing'))
+
+
+def test_id_is_mapped(tmp_path):
+    uid_map = tmp_path / 'uid_map'
+    uid_map.write_text('         0     100000      65536\n')
+    assert _mount.id_is_mapped(0, str(uid_map))
+    assert _mount.id_is_mapped(65535, str(uid_map))
+    assert not _mount.id_is_mapped(70000000, str(uid_map))
+    assert _mount.id_is_mapped(70000000, str(tmp_path / 'missing'))
+    with pytest.raises(ModuleFailure) as exc:
+        _mount.resolve_id('70000000', 'uid', str(uid_map))
+    assert 'not mapped in this user namespace' in exc.value.msg
+
+
+class _NoBinaries(object):
+    """Just enough of a module for the driver choice: no helper binary is installed."""
+
+    check_mode = False
+
+    def get_bin_path(self, name, required=False, opt_dirs=None):
+        return None
+
+
+class _Client(object):
+    def __init__(self, **params):
+        self.module = _NoBinaries()
+        self.params = params
+        self.check_mode = False
+        self.diff_mode = False
+        self.result = dict(changed=False, actions=[])
+
+
+@pytest.mark.parametrize('fstype, packages', [
+    ('exfat', 'apt-get install exfatprogs exfat-fuse'),
+    ('vfat', 'apt-get install dosfstools fusefat'),
+])
+def test_no_driver_names_the_packages(fstype, packages):
+    manager = _mount.MountManager(_Client(driver='fuse'))
+    with pytest.raises(ModuleFailure) as exc:
+        manager._choose_driver(fstype)
+    assert packages in exc.value.msg
+
+
+def test_kernel_driver_required_but_missing():
+    if _mount.kernel_supports('ntfs3'):
+        pytest.skip('this kernel has ntfs3')
+    manager = _mount.MountManager(_Client(driver='kernel'))
+    with pytest.raises(ModuleFailure) as exc:
+        manager._choose_driver('ntfs3')
+    assert 'driver=kernel but the kernel has no ntfs3 driver' in exc.value.msg
