@@ -716,3 +716,25 @@ def test_real_engine_damage(real_archive, tmp_path):
     short.write_bytes(data[:layer.offset_data + 1000])
     report = read_archive(str(short))
     assert 'ends inside member %s after 1000 of %d bytes' % (layer.name, layer.size) in report.problems[0]
+
+
+@pytest.mark.parametrize('nested', [False, True])
+def test_pure_oci_layout_tags_from_annotations(tmp_path, nested):
+    """Without manifest.json the tags come from index.json annotations, in the form docker images shows."""
+    members, config, manifest = oci_members(LAYERS, tag='pibackup/unit:2.0', nested=nested)
+    members = [member for member in members if member.name != 'manifest.json']
+    report = read_archive(write_tar(str(tmp_path / 'pure-oci.tar'), members))
+    assert report.ok, report.problems
+    assert report.format == 'oci'
+    assert report.images[0].repo_tags == ['pibackup/unit:2.0']
+    assert report.images[0].manifest_digest == 'sha256:' + sha(manifest)
+    assert report.images[0].config_digest == 'sha256:' + sha(config)
+
+
+def test_nested_index_with_no_saved_manifest(tmp_path):
+    """The containerd store's image index must lead to at least one manifest that was saved."""
+    manifest_name = 'blobs/sha256/' + sha(oci_members(LAYERS, nested=True)[2])
+    path, dummy, dummy2 = build(tmp_path, 'containerd', edit=lambda ms: [m for m in ms if m.name != manifest_name])
+    report = read_archive(path)
+    assert any('none of the 2 manifests this index names is in the archive' in p for p in report.problems), \
+        report.problems
