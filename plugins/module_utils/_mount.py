@@ -223,6 +223,8 @@ class MountManager(object):
         self.check_mode = client.check_mode
         self.result = client.result
         self.sys = _blockdev.SysBlock()
+        self.device_param = None
+        self.device_gone = False
         self.result.update(device=None, uuid=None, label=None, fstype=None, driver=None,
                            path=None, options=None, size_bytes=None, free_bytes=None,
                            max_file_bytes=None, released=[])
@@ -310,14 +312,18 @@ class MountManager(object):
             raise ModuleFailure('busy_timeout=%d: give 0 or more seconds' % p['busy_timeout'], item='busy_timeout')
         if p['device']:
             device = os.path.realpath(p['device'])
+            self.device_param = device
             try:
                 mode = os.stat(device).st_mode
             except OSError as exc:
+                if exc.errno == errno.ENOENT and p['state'] == 'unmounted':
+                    # A pulled stick: its stale mounts are still found by source below.
+                    self.device_gone = True
+                    return
                 raise ModuleFailure('device=%s: %s' % (p['device'], exc.strerror), item=p['device'])
             if not stat.S_ISBLK(mode):
                 raise ModuleFailure('device=%s is not a block device; give the partition, such as /dev/sda1, '
                                     'or select the stick with label or uuid' % p['device'], item=p['device'])
-            self.device_param = device
 
     # ---- finding the stick
 
@@ -658,7 +664,11 @@ class MountManager(object):
         daemons = self._daemons()
         entries = self._mounts()
         targets = []
-        if selector:
+        if self.device_gone:
+            self.result['device'] = self.device_param
+            targets = [e for e in entries if e.source == self.device_param
+                       and (path is None or e.mount_point == path)]
+        elif selector:
             fs = self._find_stick(required=False)
             if fs is None:
                 self.module.warn('no stick matches %s; nothing to unmount' % selector)
