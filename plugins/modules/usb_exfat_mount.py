@@ -56,7 +56,7 @@ options:
   device:
     description:
       - The block device of the filesystem, such as C(/dev/sda1). Symlinks are followed.
-      - With O(state=unmounted), a device that no longer exists (a pulled stick) is not an error:
+      - With O(state=unmounted), a device that no longer exists (a pulled stick) is not an error;
         mounts whose source is that device are still unmounted.
       - Mutually exclusive with O(label) and O(uuid).
     type: path
