@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -38,6 +39,11 @@ DEFAULT_COLLROOT = os.path.join(REPO, 'build', 'collections')
 # and every version the modules claim on the managed host (tests/config.yml:
 # >=3.9). ansible-test finds them as pythonX.Y on PATH.
 PYTHON_VERSIONS = ('3.9', '3.10', '3.11', '3.12', '3.13')
+# Unit tests run on both ends and the controller: 3.9 with the oldest Docker
+# SDK we support (5.0.3, tests/unit/requirements.txt), 3.11, and 3.13. The
+# versions between add a minute each and little coverage: sanity's compile and
+# import tests still cover every one of them.
+UNIT_PYTHONS = ('3.9', '3.11', '3.13')
 
 # The lab engines (CONTRIBUTING.md, "The lab").
 LAB_ENGINES = ('d20', 'd26', 'd26c')
@@ -50,6 +56,12 @@ MODULE_SMOKE = {
     'usb_exfat_mount': 'path={empty}/not-a-mount-point state=unmounted',
     'docker_image_archive': 'path={empty} state=verified',
 }
+# Upper bounds (seconds) so that a hanging test fails its gate, well inside
+# CI's 90 minutes; the cold runs take a fraction of these.
+UNITS_TIMEOUT = 6 * 60  # per Python version
+SANITY_TIMEOUT = 25 * 60
+TARGET_TIMEOUT = 15 * 60
+MOLECULE_TIMEOUT = 20 * 60
 # Paths that build_ignore must keep out of the tarball.
 NOT_SHIPPED = ('.venv/', '.git/', 'build/', 'tests/lab/', 'tests/output/', '.ci/', 'Makefile')
 
@@ -62,20 +74,34 @@ def log(message):
     print('[gate] %s' % message, flush=True)
 
 
-def run(argv, cwd=None, env=None, capture=False, check=True):
-    """Run one command (a list), print it and its duration, fail on non-zero."""
+def run(argv, cwd=None, env=None, capture=False, check=True, timeout=None):
+    """Run one command (a list), print it and its duration, fail on non-zero.
+
+    With a timeout, a command that hangs (a deadlocked test) is ended with its
+    whole process group and the gate fails saying so, instead of eating CI's
+    time budget.
+    """
     shown = ' '.join(argv)
     log('$ %s%s' % (shown, '   (in %s)' % cwd if cwd else ''))
     started = time.monotonic()
-    result = subprocess.run(argv, cwd=cwd, env=env, check=False, universal_newlines=True,
-                            stdout=subprocess.PIPE if capture else None,
-                            stderr=subprocess.STDOUT if capture else None)
-    log('  took %.1fs, exit code %d' % (time.monotonic() - started, result.returncode))
-    if check and result.returncode != 0:
+    process = subprocess.Popen(argv, cwd=cwd, env=env, universal_newlines=True, start_new_session=True,
+                               stdout=subprocess.PIPE if capture else None,
+                               stderr=subprocess.STDOUT if capture else None)
+    try:
+        output = process.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise GateFailure('no result after %ds, ended it: %s' % (timeout, shown))
+    except KeyboardInterrupt:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
+    log('  took %.1fs, exit code %d' % (time.monotonic() - started, process.returncode))
+    if check and process.returncode != 0:
         if capture:
-            print(result.stdout)
-        raise GateFailure('command failed with exit code %d: %s' % (result.returncode, shown))
-    return result
+            print(output)
+        raise GateFailure('command failed with exit code %d: %s' % (process.returncode, shown))
+    return subprocess.CompletedProcess(argv, process.returncode, output)
 
 
 def tool(name):
@@ -147,14 +173,20 @@ def gate_units(args):
     env = gate_env(args.collroot, with_pythons=True)
     if not glob.glob(os.path.join(coll, 'tests', 'unit', '**', 'test_*.py'), recursive=True):
         raise GateFailure('no unit tests under tests/unit')
-    run([tool('ansible-test'), 'units', '--venv', '--color', 'no'] + args.extra, cwd=coll, env=env)
+    command = [tool('ansible-test'), 'units', '--venv', '--color', 'no']
+    if '--python' in args.extra:
+        run(command + args.extra, cwd=coll, env=env, timeout=UNITS_TIMEOUT)
+        return
+    for version in UNIT_PYTHONS:
+        run(command + ['--python', version] + args.extra, cwd=coll, env=env, timeout=UNITS_TIMEOUT)
 
 
 def gate_sanity(args):
     coll = refresh_copy(args.collroot)
     install_get_pip_stub()
     env = gate_env(args.collroot, with_pythons=True)
-    run([tool('ansible-test'), 'sanity', '--venv', '--color', 'no'] + args.extra, cwd=coll, env=env)
+    run([tool('ansible-test'), 'sanity', '--venv', '--color', 'no'] + args.extra, cwd=coll, env=env,
+        timeout=SANITY_TIMEOUT)
 
 
 def gate_lint(args):
@@ -168,7 +200,7 @@ def gate_lint(args):
 
 def smoke_module(env, module, arguments):
     """Run one module ad hoc on localhost; it must succeed and change nothing."""
-    result = run([tool('ansible'), 'localhost', '-m', '%s.%s' % (FQCN, module), '-a', arguments,
+    result = run([tool('ansible'), 'localhost', '-i', 'localhost,', '-c', 'local', '-m', '%s.%s' % (FQCN, module), '-a', arguments,
                   '-e', 'ansible_python_interpreter=%s' % PYTHON], env=env, capture=True, check=False)
     print(result.stdout)
     match = re.search(r'^localhost \| (\w+) => (\{.*\})\s*$', result.stdout, re.S | re.M)
@@ -292,7 +324,7 @@ def gate_integration(args):
         write_integration_config(coll, engine)
         started = time.monotonic()
         run([tool('ansible-test'), 'integration', '--local', '--color', 'no', '--allow-destructive',
-             '--allow-root', name], cwd=coll, env=env)
+             '--allow-root', name], cwd=coll, env=env, timeout=TARGET_TIMEOUT)
         timings.append('%-40s %-5s %6.1fs' % (name, engine, time.monotonic() - started))
     for line in timings:
         log('passed: %s' % line)
@@ -309,7 +341,8 @@ def gate_molecule(args):
         log('no Molecule scenarios under extensions/molecule yet: nothing to run')
         return
     log('Molecule scenarios: %s' % ', '.join(found))
-    run([tool('molecule'), 'test', '--all'], cwd=os.path.join(coll, 'extensions'), env=env)
+    run([tool('molecule'), 'test', '--all'], cwd=os.path.join(coll, 'extensions'), env=env,
+        timeout=MOLECULE_TIMEOUT)
 
 
 GATES = {
