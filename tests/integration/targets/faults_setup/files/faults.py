@@ -26,6 +26,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -219,6 +220,33 @@ def cmd_hostile(args):
     emit({'kind': args.kind, 'archive': args.archive})
 
 
+# ---------------------------------------------------------------- own engines
+
+def _labkit(lab):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(lab)))
+    import _labkit  # pylint: disable=import-error
+    return _labkit
+
+
+def cmd_engine(args):
+    """Start, stop or SIGKILL this test's own engine (never one of the shared lab engines)."""
+    if args.name in ('d20', 'd26', 'd26c'):
+        raise SystemExit('refusing to touch the shared lab engine %s' % args.name)
+    kit = _labkit(args.lab)
+    if args.action == 'start':
+        with kit.lab_lock():
+            host = kit.start_engine(args.name, version=args.version)
+        emit({'host': host, 'pid': kit.engine_pid(args.name)})
+    elif args.action == 'stop':
+        with kit.lab_lock():
+            emit({'stopped': kit.stop_engine(args.name)})
+    else:
+        pid = kit.engine_pid(args.name)
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+        emit({'killed': pid})
+
+
 # ---------------------------------------------------------------- faults during a save
 
 PLAYBOOK = '''---
@@ -231,6 +259,14 @@ PLAYBOOK = '''---
         images: "{{ faults_images }}"
         docker_host: "{{ faults_host }}"
         force: true
+      register: faults_result
+      ignore_errors: true
+
+    - name: Keep the result for the driver
+      ansible.builtin.copy:
+        content: "{{ faults_result | to_json }}"
+        dest: "{{ faults_result_file }}"
+        mode: "0644"
 '''
 
 
@@ -287,12 +323,13 @@ def cmd_mid_save(args):
         handle.write(PLAYBOOK)
     extra = os.path.join(work, 'vars.json')
     with open(extra, 'w') as handle:
-        json.dump({'faults_folder': args.folder, 'faults_images': args.images, 'faults_host': args.host,
+        json.dump({'faults_result_file': os.path.join(work, 'result.json'), 'faults_folder': args.folder,
+                   'faults_images': args.images, 'faults_host': args.host,
                    'ansible_python_interpreter': sys.executable}, handle)
-    env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK='json', ANSIBLE_LOAD_CALLBACK_PLUGINS='1')
+    env = dict(os.environ)
     argv = [os.path.join(os.path.dirname(sys.executable), 'ansible-playbook'), '-i', 'localhost,', '-c', 'local',
             '-e', '@' + extra, playbook]
-    log = open(os.path.join(work, 'out.json'), 'wb')
+    log = open(os.path.join(work, 'out.txt'), 'wb')
     process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     seen, caused, deadline = None, None, time.time() + args.wait
     while time.time() < deadline and process.poll() is None:
@@ -302,6 +339,9 @@ def cmd_mid_save(args):
             if args.fault == 'kill-ansible':
                 os.killpg(process.pid, signal.SIGKILL)
                 caused = 'SIGKILL to process group %d' % process.pid
+            elif args.fault == 'kill-engine':
+                os.kill(args.engine_pid, signal.SIGKILL)
+                caused = 'SIGKILL to the engine, pid %d' % args.engine_pid
             else:
                 pids = _fuse_daemons(args.mount)
                 for pid in pids:
@@ -319,14 +359,15 @@ def cmd_mid_save(args):
         if not _group_alive(process.pid):
             break
         time.sleep(0.1)
-    with open(os.path.join(work, 'out.json'), 'rb') as handle:
+    with open(os.path.join(work, 'out.txt'), 'rb') as handle:
         output = handle.read().decode('utf-8', 'replace')
     task = None
     try:
-        parsed = json.loads(output[output.index('{'):])
-        task = parsed['plays'][0]['tasks'][0]['hosts']['localhost']
-    except (ValueError, KeyError, IndexError):
+        with open(os.path.join(work, 'result.json')) as handle:
+            task = json.load(handle)
+    except (IOError, OSError, ValueError):
         pass
+    shutil.rmtree(work, ignore_errors=True)
     emit({'caused': caused, 'partial_seen': seen, 'rc': rc, 'group_alive': _group_alive(process.pid),
           'partials_after': _partials(args.folder) if os.path.isdir(args.folder) else None,
           'task': task, 'output_tail': output[-3000:] if task is None else None})
@@ -365,8 +406,15 @@ def main():
     p.add_argument('archive')
     p.add_argument('--outside', required=True)
     p.set_defaults(func=cmd_hostile)
+    p = sub.add_parser('engine')
+    p.add_argument('action', choices=['start', 'stop', 'kill'])
+    p.add_argument('name')
+    p.add_argument('--lab', required=True, help='path of tests/lab/lab.py')
+    p.add_argument('--version', default='20', choices=['20', '26'])
+    p.set_defaults(func=cmd_engine)
     p = sub.add_parser('mid-save')
-    p.add_argument('--fault', required=True, choices=['kill-ansible', 'kill-fuse'])
+    p.add_argument('--fault', required=True, choices=['kill-ansible', 'kill-fuse', 'kill-engine'])
+    p.add_argument('--engine-pid', type=int, help='pid of the engine (kill-engine)')
     p.add_argument('--host', required=True)
     p.add_argument('--folder', required=True)
     p.add_argument('--images', nargs='+', required=True)
