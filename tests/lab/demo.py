@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 """The demo behind `make demo`: back up the lab's sample images, remove them, restore them.
 
 Runs after `lab.py up` (the Makefile's `lab` target): engine d20 and the demo stick
