@@ -411,7 +411,10 @@ class ArchiveManager(object):
                     'on this stick (FAT32 allows 4 GiB - 1); format the stick as exFAT or use compression: '
                     'gzip or zstd' % (item, need, _human(need), limit), item=item, path=self.folder,
                     bytes_needed=need, max_file_bytes=limit)
-            stats = os.statvfs(self.folder)
+            existing_folder = self.folder
+            while not os.path.isdir(existing_folder):  # check mode: the folder is not made yet
+                existing_folder = os.path.dirname(existing_folder)
+            stats = os.statvfs(existing_folder)
             free = stats.f_bavail * stats.f_frsize
             # the older archive stays until the new one is complete
             if need > free:
