@@ -210,6 +210,20 @@ def smoke_module(env, module, arguments):
         raise GateFailure('%s reported changed for a no-op (%s)' % (module, arguments))
 
 
+def render_changelog(tmp):
+    """Prove the fragments render: release the next version in a throw-away copy."""
+    with open(os.path.join(REPO, 'galaxy.yml')) as handle:
+        version = re.search(r'^version:\s*(\S+)', handle.read(), re.M).group(1)
+    collroot = os.path.join(tmp, 'release')
+    coll = refresh_copy(collroot)
+    run([tool('antsibull-changelog'), 'release', '--version', version], cwd=coll, env=gate_env(collroot))
+    with open(os.path.join(coll, 'CHANGELOG.rst')) as handle:
+        text = handle.read()
+    if 'v%s' % version not in text or 'Release Summary' not in text:
+        raise GateFailure('CHANGELOG.rst of the trial release lacks v%s or its release summary' % version)
+    log('changelog renders: CHANGELOG.rst has v%s (%d lines)' % (version, text.count('\n')))
+
+
 def gate_build(args):
     tmp = tempfile.mkdtemp(prefix='pibackup-gate-build-')
     try:
@@ -236,8 +250,9 @@ def gate_build(args):
             raise GateFailure('modules missing from the tarball: %s' % ', '.join(missing))
 
         collections = os.path.join(tmp, 'collections')
-        run([tool('ansible-galaxy'), 'collection', 'install', '--offline', '-p', collections, tarball], cwd=tmp)
         env = gate_env(collections)
+        run([tool('ansible-galaxy'), 'collection', 'install', '--offline', '-p', collections, tarball],
+            cwd=tmp, env=env)
         env['ANSIBLE_COLLECTIONS_SCAN_SYS_PATH'] = 'false'
         env['ANSIBLE_STDOUT_CALLBACK'] = 'minimal'
         env['ANSIBLE_LOAD_CALLBACK_PLUGINS'] = 'true'
@@ -256,6 +271,7 @@ def gate_build(args):
         for module, arguments in sorted(MODULE_SMOKE.items()):
             smoke_module(env, module, arguments.format(empty=empty))
         log('built, installed and ran %s from %s' % (FQCN, os.path.basename(tarball)))
+        render_changelog(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
