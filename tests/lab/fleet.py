@@ -65,8 +65,10 @@ SUDOERS = '/etc/sudoers.d/pibackup-lab-fleet'
 # What the SSH host needs: sshd, sudo for `become`, the system Python's Docker SDK 5.0.3.
 FLEET_PACKAGES = ('openssh-server', 'openssh-client', 'sudo', 'python3-docker')
 SYSTEM_PYTHON = '/usr/bin/python3'
-# Interpreters of the local hosts: (python version, Docker SDK pinned in its venv).
-LOCAL_PYTHONS = (('3.9', '6.1.3'), ('3.13', '7.1.0'))
+# Interpreters of the local hosts: (python version, pip requirements of its venv).
+# Docker SDK 6.1 does not work with requests >= 2.32 ("Not supported URL scheme
+# http+docker"; fixed in SDK 7.1), so its venv keeps the requests of its time.
+LOCAL_PYTHONS = (('3.9', ('docker==6.1.3', 'requests<2.32')), ('3.13', ('docker==7.1.0',)))
 PYENV_VERSIONS = '/root/.pyenv/versions'
 IMAGE_LABEL = 'pibackup.lab=fleet'
 
@@ -107,27 +109,27 @@ def venv_path(version):
     return os.path.join(FLEET, 'py' + version)
 
 
-def ensure_venv(version, sdk):
-    """A small venv of pyenv's Python `version` holding only the Docker SDK `sdk`."""
+def ensure_venv(version, requirements):
+    """A small venv of pyenv's Python `version` holding only the Docker SDK (`requirements`)."""
     folder = venv_path(version)
     python = os.path.join(folder, 'bin', 'python')
     stamp = os.path.join(folder, 'fleet-sdk.txt')
     if os.path.exists(stamp) and os.access(python, os.X_OK):
         with open(stamp) as handle:
-            if handle.read().strip() == sdk:
+            if handle.read().split() == list(requirements):
                 return python
     base = _pyenv_python(version)
     if base is None:
         raise kit.LabError('Python %s is missing under %s (the fleet lab uses pyenv Pythons '
                            'as target interpreters)' % (version, PYENV_VERSIONS))
-    kit.log('creating %s with docker==%s' % (folder, sdk))
+    kit.log('creating %s with %s' % (folder, ' '.join(requirements)))
     kit.run([base, '-m', 'venv', '--clear', folder], stdout=subprocess.DEVNULL)
     pip = [python, '-m', 'pip', 'install', '--quiet', '--disable-pip-version-check']
     if os.path.exists('/etc/ssl/certs/ca-certificates.crt'):
         pip += ['--cert', '/etc/ssl/certs/ca-certificates.crt']
-    kit.run(pip + ['docker==%s' % sdk], stdout=subprocess.DEVNULL, timeout=600)
+    kit.run(pip + list(requirements), stdout=subprocess.DEVNULL, timeout=600)
     with open(stamp, 'w') as handle:
-        handle.write(sdk + '\n')
+        handle.write('\n'.join(requirements) + '\n')
     return python
 
 
@@ -398,8 +400,8 @@ def up(count, fresh_sticks=False):
     for host in fleet_hosts():
         if int(host[len('fleet'):]) > count:
             retire(host)
-    for version, sdk in LOCAL_PYTHONS[:max(0, count - 1)]:
-        ensure_venv(version, sdk)
+    for version, requirements in LOCAL_PYTHONS[:max(0, count - 1)]:
+        ensure_venv(version, requirements)
     ensure_user()
     ensure_ssh_files()
     start_sshd()
