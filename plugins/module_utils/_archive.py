@@ -201,10 +201,16 @@ class ArchiveWriter(object):
     temporary file is removed, the final path is never touched); leaving the
     block without ``commit()`` aborts too, so an early return can never
     publish an incomplete archive.
+
+    With ``inspect=True`` the tar stream is also parsed and checked while it
+    goes by (in a thread beside the writing), exactly as read_archive checks
+    a file: after ``commit()``, ``report`` is the ArchiveReport of what was
+    written, without reading the archive again. It checks the tar bytes the
+    engine sent; the compressed bytes on disk are covered by ``sha256``.
     """
 
     def __init__(self, final_path, compression='none', mode=0o644, uid=None, gid=None,
-                 max_file_bytes=None, chunk_size=DEFAULT_CHUNK_SIZE, level=None):
+                 max_file_bytes=None, chunk_size=DEFAULT_CHUNK_SIZE, level=None, inspect=False):
         if compression not in COMPRESSIONS:
             raise ArchiveError('unknown compression %r, expected one of %s' % (compression, ', '.join(COMPRESSIONS)),
                                path=final_path)
@@ -224,6 +230,12 @@ class ArchiveWriter(object):
         self._stderr = None
         self._zlib = None
         self._done = False
+        self.report = None
+        self._scan = None
+        self._scan_thread = None
+        self._scan_queue = None
+        self._scan_eof = False
+        self._scan_error = None
 
         folder = os.path.dirname(os.path.abspath(final_path))
         self.temp_path = os.path.join(
@@ -249,6 +261,8 @@ class ArchiveWriter(object):
             self._set_owner_and_mode(uid, gid, mode)
             if argv:
                 self._start_compressor(argv)
+            if inspect:
+                self._start_scan()
         except BaseException:
             self.abort()
             raise
@@ -282,6 +296,38 @@ class ArchiveWriter(object):
         self._pump = threading.Thread(target=self._pump_output, name='archive-compressor-output')
         self._pump.daemon = True
         self._pump.start()
+
+    def _start_scan(self):
+        self._scan_queue = queue.Queue(maxsize=4)
+        self._scan = _TarScan(_ByteStream(self._scan_chunks()))
+        self._scan_thread = threading.Thread(target=self._run_scan, name='archive-inspector')
+        self._scan_thread.daemon = True
+        self._scan_thread.start()
+
+    def _scan_chunks(self):
+        while True:
+            data = self._scan_queue.get()
+            if data is None:
+                self._scan_eof = True
+                return
+            yield data
+
+    def _run_scan(self):
+        try:
+            self._scan.run()
+        except Exception as exc:  # reported by commit()
+            self._scan_error = exc
+        finally:
+            # The scan may stop early (a damaged header): keep taking chunks so write() never blocks.
+            while not self._scan_eof:
+                if self._scan_queue.get() is None:
+                    self._scan_eof = True
+
+    def _stop_scan(self):
+        if self._scan_thread is not None:
+            self._scan_queue.put(None)
+            self._scan_thread.join()
+            self._scan_thread = None
 
     def _pump_output(self):
         try:
@@ -327,6 +373,8 @@ class ArchiveWriter(object):
             raise ArchiveError('write after commit or abort', path=self.final_path)
         if not chunk:
             return
+        if self._scan_thread is not None:
+            self._scan_queue.put(bytes(chunk))
         if self._proc is not None:
             self._check_pump()
             try:
@@ -364,6 +412,7 @@ class ArchiveWriter(object):
         if self._done:
             raise ArchiveError('commit after commit or abort', path=self.final_path)
         try:
+            self._stop_scan()
             if self._proc is not None:
                 self._finish_compressor()
             elif self._zlib is not None:
@@ -380,6 +429,14 @@ class ArchiveWriter(object):
             self.abort()
             raise
         _fsync_folder(os.path.dirname(os.path.abspath(self.final_path)))
+        if self._scan is not None:
+            self.report = ArchiveReport(self.final_path)
+            self.report.sha256 = self.sha256
+            self.report.bytes = self.bytes_written
+            self.report.compression = self.compression
+            _check_members(self.report, self._scan)
+            if self._scan_error is not None:
+                self.report.problems.append('checking the stream failed: %s' % self._scan_error)
         return self.sha256, self.bytes_written
 
     def _kill(self):
@@ -394,6 +451,7 @@ class ArchiveWriter(object):
         if self._done:
             return
         self._done = True
+        self._stop_scan()
         if self._proc is not None:
             self._kill()
             for pipe in (self._proc.stdin, self._proc.stdout):
@@ -1253,8 +1311,20 @@ def read_archive(path, expected_sha256=None, chunk_size=DEFAULT_CHUNK_SIZE):
         decoded.close()
         raise
     report.bytes = decoded.raw.size
-    report.problems.extend(scan.problems)
+    _check_members(report, scan)
+    if expected_sha256:
+        expected = expected_sha256.lower()
+        if expected.startswith('sha256:'):
+            expected = expected[7:]
+        if expected != report.sha256:
+            report.problems.insert(0, 'sha256 of the file is %s, the record says %s (the file changed or is damaged)'
+                                   % (report.sha256, expected))
+    return report
 
+
+def _check_members(report, scan):
+    """Fill a report's format, images and problems from a finished tar scan."""
+    report.problems.extend(scan.problems)
     members = scan.members
     report.format = _archive_format(members)
     inspector = _Inspector(members, report.problems)
@@ -1268,15 +1338,6 @@ def read_archive(path, expected_sha256=None, chunk_size=DEFAULT_CHUNK_SIZE):
     report.images = [inspector.images[digest] for digest in inspector.order]
     if report.format and not report.images and report.ok:
         inspector.problem('%s: names no image' % ('manifest.json' if 'manifest.json' in members else 'index.json'))
-
-    if expected_sha256:
-        expected = expected_sha256.lower()
-        if expected.startswith('sha256:'):
-            expected = expected[7:]
-        if expected != report.sha256:
-            report.problems.insert(0, 'sha256 of the file is %s, the record says %s (the file changed or is damaged)'
-                                   % (report.sha256, expected))
-    return report
 
 
 @contextmanager

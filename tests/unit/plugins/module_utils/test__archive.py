@@ -683,7 +683,7 @@ def test_real_engine_stream_through_writer(real_archive, tmp_path, compression):
     proc = subprocess.Popen(['docker', '-H', 'unix:///run/pibackup-lab/%s/docker.sock' % engine, 'save'] + LAB_IMAGES,
                             stdout=subprocess.PIPE)
     raw = hashlib.sha256()
-    with ArchiveWriter(final, compression=compression) as writer:
+    with ArchiveWriter(final, compression=compression, inspect=True) as writer:
         for chunk in iter(lambda: proc.stdout.read(65536), b''):
             raw.update(chunk)
             writer.write(chunk)
@@ -691,6 +691,7 @@ def test_real_engine_stream_through_writer(real_archive, tmp_path, compression):
         digest, size = writer.commit()
     report = read_archive(final, expected_sha256=digest)
     assert report.ok, report.problems
+    assert writer.report.to_dict() == report.to_dict()
     assert report.bytes == size and report.compression == compression
     assert sorted(tag for image in report.images for tag in image.repo_tags) == sorted(LAB_IMAGES)
     with open_tar_stream(final) as stream:
@@ -738,3 +739,35 @@ def test_nested_index_with_no_saved_manifest(tmp_path):
     report = read_archive(path)
     assert any('none of the 2 manifests this index names is in the archive' in p for p in report.problems), \
         report.problems
+
+
+@pytest.mark.parametrize('compression', compressions())
+@pytest.mark.parametrize('kind', sorted(FORMATS))
+def test_writer_inspects_while_writing(tmp_path, kind, compression):
+    """inspect=True gives the same report as reading the file again, without reading it."""
+    source, dummy, dummy2 = build(tmp_path, kind)
+    raw = open(source, 'rb').read()
+    final = str(tmp_path / ('inspected' + SUFFIX[compression]))
+    with ArchiveWriter(final, compression=compression, inspect=True) as writer:
+        feed(writer, raw, step=3001)
+        digest, size = writer.commit()
+    again = read_archive(final)
+    assert writer.report.ok, writer.report.problems
+    assert writer.report.to_dict() == again.to_dict()
+    assert (writer.report.sha256, writer.report.bytes) == (digest, size)
+
+
+def test_writer_inspect_reports_damage_and_never_blocks(tmp_path):
+    source, dummy, dummy2 = build(tmp_path, 'oci')
+    raw = bytearray(open(source, 'rb').read())
+    raw[raw.find(b'ID=unit')] ^= 1
+    with tarfile.open(source) as tar:
+        header = tar.getmembers()[-1].offset
+    raw[header + 148] ^= 1  # a broken header checksum stops the scan early; writing must go on
+    final = str(tmp_path / 'damaged.tar')
+    with ArchiveWriter(final, inspect=True) as writer:
+        feed(writer, bytes(raw) + b'\0' * (3 * 1024 * 1024), step=4096)
+        writer.commit()
+    assert not writer.report.ok
+    assert 'checksum' in writer.report.problems[0]
+    assert os.path.getsize(final) == len(raw) + 3 * 1024 * 1024
