@@ -16,8 +16,12 @@ through a shell.
     mid-save   --fault KIND ...                                 run a save with ansible-playbook in the
                                                                 background and cause KIND while the
                                                                 temporary file grows: kill-ansible
-                                                                (SIGKILL of its process group) or
+                                                                (SIGKILL of its process group),
                                                                 kill-fuse (SIGKILL of the stick's FUSE daemon)
+                                                                or kill-engine (SIGKILL of --engine-pid)
+    playbook   --state S --host H --folder F [--images ...] [--umask 077] [--become-user U]
+                                                                run the module once through ansible-playbook
+    engine     start|stop|kill NAME --lab LAB_PY                this test's own engine (never d20/d26/d26c)
 """
 from __future__ import absolute_import, division, print_function
 
@@ -196,7 +200,7 @@ def cmd_hostile(args):
     config = json.dumps({'architecture': 'amd64', 'os': 'linux',
                          'rootfs': {'type': 'layers', 'diff_ids': []}}).encode()
     config_name = hashlib.sha256(config).hexdigest() + '.json'
-    manifest = json.dumps([{'Config': config_name, 'RepoTags': ['pbfaults/hostile:1'],
+    manifest = json.dumps([{'Config': config_name, 'RepoTags': [args.tag],
                             'Layers': []}]).encode()
     with tarfile.open(args.archive, 'w', format=tarfile.GNU_FORMAT) as tar:
         for name, data in ((config_name, config), ('manifest.json', manifest)):
@@ -252,19 +256,29 @@ def cmd_engine(args):
 PLAYBOOK = '''---
 - hosts: localhost
   gather_facts: false
+  become: "{{ faults_become_user is defined }}"
+  become_user: "{{ faults_become_user | default(omit) }}"
+  become_method: ansible.builtin.su
   tasks:
-    - name: Save while a fault is caused
+    - name: The umask the module runs with
+      ansible.builtin.command:
+        argv: ["{{ ansible_python_interpreter }}", -c, "import os; print('%04o' % os.umask(0))"]
+      register: faults_umask
+      changed_when: false
+
+    - name: Run the module while a fault is caused (or as another user, with another umask)
       pibackup.docker_usb.docker_image_archive:
         path: "{{ faults_folder }}"
-        images: "{{ faults_images }}"
+        state: "{{ faults_state | default('archived') }}"
+        images: "{{ faults_images | default(omit) }}"
         docker_host: "{{ faults_host }}"
-        force: true
+        force: "{{ faults_force | default(false) }}"
       register: faults_result
       ignore_errors: true
 
     - name: Keep the result for the driver
       ansible.builtin.copy:
-        content: "{{ faults_result | to_json }}"
+        content: "{{ faults_result | combine({'faults_umask': faults_umask.stdout}) | to_json }}"
         dest: "{{ faults_result_file }}"
         mode: "0644"
 '''
@@ -324,7 +338,7 @@ def cmd_mid_save(args):
     extra = os.path.join(work, 'vars.json')
     with open(extra, 'w') as handle:
         json.dump({'faults_result_file': os.path.join(work, 'result.json'), 'faults_folder': args.folder,
-                   'faults_images': args.images, 'faults_host': args.host,
+                   'faults_images': args.images, 'faults_host': args.host, 'faults_force': True,
                    'ansible_python_interpreter': sys.executable}, handle)
     env = dict(os.environ)
     argv = [os.path.join(os.path.dirname(sys.executable), 'ansible-playbook'), '-i', 'localhost,', '-c', 'local',
@@ -373,6 +387,44 @@ def cmd_mid_save(args):
           'task': task, 'output_tail': output[-3000:] if task is None else None})
 
 
+def cmd_playbook(args):
+    """Run the module once through ansible-playbook with a given umask, optionally become_user (su)."""
+    work = tempfile.mkdtemp(prefix='pbfaults-run-')
+    os.chmod(work, 0o755)
+    remote_tmp = os.path.join(work, 'tmp')
+    os.mkdir(remote_tmp)
+    os.chmod(remote_tmp, 0o1777)
+    playbook = os.path.join(work, 'run.yml')
+    with open(playbook, 'w') as handle:
+        handle.write(PLAYBOOK)
+    result_file = os.path.join(work, 'result.json')
+    options = {'faults_result_file': result_file, 'faults_folder': args.folder, 'faults_host': args.host,
+               'faults_state': args.state, 'faults_force': args.force,
+               'ansible_python_interpreter': args.interpreter or sys.executable}
+    if args.images:
+        options['faults_images'] = args.images
+    if args.become_user:
+        options['faults_become_user'] = args.become_user
+    extra = os.path.join(work, 'vars.json')
+    with open(extra, 'w') as handle:
+        json.dump(options, handle)
+    env = dict(os.environ, ANSIBLE_REMOTE_TMP=remote_tmp, ANSIBLE_PIPELINING='1')
+    argv = [os.path.join(os.path.dirname(sys.executable), 'ansible-playbook'), '-i', 'localhost,', '-c', 'local',
+            '-e', '@' + extra, playbook]
+    umask = int(args.umask, 8)
+    done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                          preexec_fn=lambda: os.umask(umask), check=False)
+    output = done.stdout.decode('utf-8', 'replace')
+    task = None
+    try:
+        with open(result_file) as handle:
+            task = json.load(handle)
+    except (IOError, OSError, ValueError):
+        pass
+    shutil.rmtree(work, ignore_errors=True)
+    emit({'rc': done.returncode, 'task': task, 'output_tail': output[-3000:] if task is None else None})
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest='command')
@@ -405,7 +457,18 @@ def main():
     p.add_argument('kind', choices=['absolute', 'dotdot', 'symlink', 'hardlink'])
     p.add_argument('archive')
     p.add_argument('--outside', required=True)
+    p.add_argument('--tag', default='pbfaults/hostile:1')
     p.set_defaults(func=cmd_hostile)
+    p = sub.add_parser('playbook')
+    p.add_argument('--state', default='archived', choices=['archived', 'loaded', 'verified'])
+    p.add_argument('--host', required=True)
+    p.add_argument('--folder', required=True)
+    p.add_argument('--images', nargs='*')
+    p.add_argument('--force', action='store_true')
+    p.add_argument('--umask', default='022')
+    p.add_argument('--become-user')
+    p.add_argument('--interpreter', help='Python of the module (default: this one)')
+    p.set_defaults(func=cmd_playbook)
     p = sub.add_parser('engine')
     p.add_argument('action', choices=['start', 'stop', 'kill'])
     p.add_argument('name')
