@@ -638,7 +638,15 @@ class _Decoded(object):
             self._stderr = tempfile.TemporaryFile()
             self._proc = subprocess.Popen([zstd, '-q', '-d', '-c'], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                           stderr=self._stderr, close_fds=True)
-            self.raw = _RawReader(path, chunk_size, sink=self._proc.stdin)
+            try:
+                self.raw = _RawReader(path, chunk_size, sink=self._proc.stdin)
+            except BaseException:
+                self._proc.kill()
+                self._proc.stdin.close()
+                self._proc.stdout.close()
+                self._proc.wait()
+                self._stderr.close()
+                raise
             self.chunks = self._zstd_chunks()
         elif compression == 'gzip':
             self.raw = _RawReader(path, chunk_size)
