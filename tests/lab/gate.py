@@ -26,6 +26,8 @@ import tarfile
 import tempfile
 import time
 
+import _labkit  # the lab's engine table and sockets (tests/lab/_labkit.py)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 # The tools live beside the python running this script (the project's venv).
@@ -45,9 +47,8 @@ PYTHON_VERSIONS = ('3.9', '3.10', '3.11', '3.12', '3.13')
 # import tests still cover every one of them.
 UNIT_PYTHONS = ('3.9', '3.11', '3.13')
 
-# The lab engines (CONTRIBUTING.md, "The lab").
-LAB_ENGINES = ('d20', 'd26', 'd26c')
-LAB_RUN = '/run/pibackup-lab'
+# The lab engines (CONTRIBUTING.md, "The lab"), as the lab itself knows them.
+LAB_ENGINES = tuple(name for name, _version, _store in _labkit.LAB_ENGINES)
 MATRIX_ALIAS = 'engine_matrix'
 
 # What the build gate runs from the installed tarball: every module once, with
@@ -278,7 +279,7 @@ def gate_build(args):
 
 def engine_answers(engine):
     """True when the lab engine's socket answers /_ping."""
-    path = os.path.join(LAB_RUN, engine, 'docker.sock')
+    path = _labkit.docker_host(engine)[len('unix://'):]
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     client.settimeout(10)
     try:
@@ -311,7 +312,7 @@ def write_integration_config(coll, engine):
     with open(path, 'w') as handle:
         handle.write('---\n# Written by tests/lab/gate.py for this run.\n')
         handle.write('lab_engine: %s\n' % engine)
-        handle.write('lab_docker_host: unix://%s\n' % os.path.join(LAB_RUN, engine, 'docker.sock'))
+        handle.write('lab_docker_host: %s\n' % _labkit.docker_host(engine))
 
 
 def gate_integration(args):
@@ -333,19 +334,28 @@ def gate_integration(args):
         log('no integration targets under tests/integration/targets yet')
     for engine in sorted({engine for _target, engine in runs}):
         if not engine_answers(engine):
-            raise GateFailure('lab engine %s does not answer on %s/%s/docker.sock: run "make lab"'
-                              % (engine, LAB_RUN, engine))
-    timings = []
+            raise GateFailure('lab engine %s does not answer on %s: run "make lab"'
+                              % (engine, _labkit.docker_host(engine)))
+    passed, failed = [], []
     for name, engine in runs:
         write_integration_config(coll, engine)
         started = time.monotonic()
-        run([tool('ansible-test'), 'integration', '--local', '--color', 'no', '--allow-destructive',
-             '--allow-root', name], cwd=coll, env=env, timeout=TARGET_TIMEOUT)
-        timings.append('%-40s %-5s %6.1fs' % (name, engine, time.monotonic() - started))
-    for line in timings:
-        log('passed: %s' % line)
+        try:
+            run([tool('ansible-test'), 'integration', '--local', '--color', 'no', '--allow-destructive',
+                 '--allow-root', name], cwd=coll, env=env, timeout=TARGET_TIMEOUT)
+        except GateFailure as failure:
+            # Go on with the other targets: one report with every failure.
+            failed.append('%-36s %-5s %s' % (name, engine, failure))
+            continue
+        passed.append('%-36s %-5s %6.1fs' % (name, engine, time.monotonic() - started))
+    for line in passed:
+        log('passed:  %s' % line)
     for line in skipped:
         log('SKIPPED: %s' % line)
+    for line in failed:
+        log('FAILED:  %s' % line)
+    if failed:
+        raise GateFailure('%d of %d integration runs failed' % (len(failed), len(runs)))
 
 
 def gate_molecule(args):
