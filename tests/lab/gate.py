@@ -64,7 +64,8 @@ SANITY_TIMEOUT = 25 * 60
 TARGET_TIMEOUT = 15 * 60
 MOLECULE_TIMEOUT = 20 * 60
 # Paths that build_ignore must keep out of the tarball.
-NOT_SHIPPED = ('.venv/', '.git/', 'build/', 'tests/lab/', 'tests/output/', '.ci/', 'Makefile')
+NOT_SHIPPED = ('.venv/', '.git/', 'build/', 'tests/lab/', 'tests/output/', '.ci/', 'Makefile', 'inventory.lab.yml',
+               '.ansible/')
 
 
 class GateFailure(Exception):
@@ -138,6 +139,7 @@ def gate_env(collroot, with_pythons=False):
         extra += [bins[v] for v in PYTHON_VERSIONS if v in bins]
     env['PATH'] = os.pathsep.join(extra + [p for p in path if p not in extra])
     env['ANSIBLE_COLLECTIONS_PATH'] = collroot
+    env['NO_COLOR'] = '1'  # plain CI logs
     env.pop('PYENV_VERSION', None)
     return env
 
@@ -194,7 +196,6 @@ def gate_lint(args):
     coll = refresh_copy(args.collroot)
     env = gate_env(args.collroot)
     env['ANSIBLE_LINT_SKIP_VERSION_CHECK'] = '1'
-    env['NO_COLOR'] = '1'
     run([tool('ansible-lint'), '--profile', 'production', '--offline'] + args.extra, cwd=coll, env=env)
     run([tool('antsibull-changelog'), 'lint'], cwd=coll, env=env)
 
