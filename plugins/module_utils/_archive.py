@@ -22,6 +22,7 @@ __metaclass__ = type
 
 import errno
 import fnmatch
+import gzip
 import hashlib
 import json
 import os
@@ -1361,9 +1362,11 @@ def open_tar_stream(path, chunk_size=DEFAULT_CHUNK_SIZE):
             yield handle
         return
     if compression == 'gzip':
-        import gzip
-        with gzip.open(path, 'rb') as handle:
-            yield handle
+        try:
+            with gzip.open(path, 'rb') as handle:
+                yield handle
+        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            raise ArchiveError('gzip data is damaged or truncated (%s)' % (exc or type(exc).__name__), path=path)
         return
     zstd = shutil.which('zstd')
     if not zstd:

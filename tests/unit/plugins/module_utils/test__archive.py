@@ -788,3 +788,16 @@ def test_writer_inspect_reports_damage_and_never_blocks(tmp_path):
     assert not writer.report.ok
     assert 'checksum' in writer.report.problems[0]
     assert os.path.getsize(final) == len(raw) + 3 * 1024 * 1024
+
+
+@pytest.mark.parametrize('compression', [c for c in compressions() if c != 'none'])
+def test_open_tar_stream_refuses_damaged_streams(tmp_path, compression):
+    path, dummy, dummy2 = build(tmp_path, 'oci', compression)
+    data = open(path, 'rb').read()
+    with open(path, 'wb') as handle:
+        handle.write(data[:len(data) // 2])
+    with pytest.raises(ArchiveError) as caught:
+        with open_tar_stream(path) as stream:
+            while stream.read(4096):
+                pass
+    assert path in str(caught.value) and ('truncated' in str(caught.value) or 'zstd -d failed' in str(caught.value))
