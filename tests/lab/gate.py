@@ -145,8 +145,24 @@ def gate_env(collroot, with_pythons=False):
 
 
 def refresh_copy(collroot):
+    """Lay the collection out afresh; make it a git work tree of its own.
+
+    ansible-test lists a collection's files with ``git ls-files`` when it finds
+    a ``.git`` in the collection or any directory above it. The default copy
+    (build/collections) lies inside the checkout, where build/ is ignored: git
+    would list nothing and every sanity and unit test would be "skipped" and
+    pass. An empty repository in the copy makes ansible-test list exactly the
+    files a checkout has (tracked or not, minus .gitignore'd ones such as
+    tests/output).
+    """
     coll = os.path.join(collroot, 'ansible_collections', NAMESPACE, NAME)
     run([PYTHON, os.path.join(HERE, 'collection.py'), '--dest', coll])
+    if not os.path.isdir(os.path.join(coll, '.git')):
+        run(['git', 'init', '--quiet', coll])
+    listed = run(['git', 'ls-files', '--cached', '--others', '--exclude-standard', 'plugins', 'tests/unit'],
+                 cwd=coll, capture=True).stdout.split()
+    if not any(path.startswith('plugins/modules/') for path in listed):
+        raise GateFailure('git ls-files in %s lists no modules: ansible-test would test nothing' % coll)
     return coll
 
 
