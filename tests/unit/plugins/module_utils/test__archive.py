@@ -655,7 +655,11 @@ class _Repeat(io.RawIOBase):
 
 
 ENGINES = ('d20', 'd26', 'd26c')
-LAB_IMAGES = ['pibackup-lab/small:1.0', 'pibackup-lab/multi:1.0', 'pibackup-lab/multi:latest']
+# Images of this test only (unique per run, removed afterwards): never the lab's samples, which
+# other tests remove and restore while these run.
+RUN_ID = os.urandom(4).hex()
+LAB_IMAGES = ['pibackup-format/unit-%s:1.0' % RUN_ID, 'pibackup-format/unit-%s:latest' % RUN_ID,
+              'pibackup-format/other-%s:1.0' % RUN_ID]
 
 
 def lab_docker(engine, *args, **kwargs):
@@ -668,11 +672,26 @@ def lab_docker(engine, *args, **kwargs):
 
 @pytest.fixture(scope='module', params=ENGINES)
 def real_archive(request, tmp_path_factory):
+    """docker save of two imported images (one with two tags) on a lab engine."""
     engine = request.param
-    inspect = json.loads(lab_docker(engine, 'image', 'inspect', *LAB_IMAGES).stdout)
-    path = str(tmp_path_factory.mktemp('format-' + engine) / 'lab.tar')
-    lab_docker(engine, 'save', '-o', path, *LAB_IMAGES)
-    return engine, path, inspect
+    try:
+        lab_docker(engine, 'version', stderr=subprocess.DEVNULL)
+    except subprocess.CalledProcessError:
+        pytest.skip('lab engine %s does not answer (run tests/lab/lab.py up)' % engine)
+    created = []
+    try:
+        for name, content in ((LAB_IMAGES[0], b'unit image\n'), (LAB_IMAGES[2], os.urandom(50000))):
+            lab_docker(engine, 'import', '-', name, input=layer_tar({'data/file': content}))
+            created.append(name)
+        lab_docker(engine, 'tag', LAB_IMAGES[0], LAB_IMAGES[1])
+        created.append(LAB_IMAGES[1])
+        inspect = json.loads(lab_docker(engine, 'image', 'inspect', *LAB_IMAGES).stdout)
+        path = str(tmp_path_factory.mktemp('format-' + engine) / 'lab.tar')
+        lab_docker(engine, 'save', '-o', path, *LAB_IMAGES)
+        yield engine, path, inspect
+    finally:
+        if created:
+            lab_docker(engine, 'rmi', *created)
 
 
 def test_real_engine_archive(real_archive):
@@ -684,7 +703,9 @@ def test_real_engine_archive(real_archive):
     assert (report.sha256, report.bytes) == hash_file(path)
     by_tag = dict((tag, image) for image in report.images for tag in image.repo_tags)
     assert sorted(by_tag) == sorted(LAB_IMAGES)
-    assert by_tag['pibackup-lab/multi:1.0'] is by_tag['pibackup-lab/multi:latest']
+    assert by_tag[LAB_IMAGES[0]] is by_tag[LAB_IMAGES[1]]
+    assert by_tag[LAB_IMAGES[0]] is not by_tag[LAB_IMAGES[2]]
+    assert len(report.images) == 2
     for data in inspect:
         image = by_tag[data['RepoTags'][0]]
         assert image.fingerprint == fingerprint_from_inspect(data)
