@@ -162,3 +162,38 @@ def format_report(report):
             r['size_bytes'] if r['size_bytes'] is not None else '?',
             'taken' if r['taken'] else 'not taken', r['reason'])
         for r in report)
+
+
+def _le(data, offset, size):
+    return int.from_bytes(bytearray(data[offset:offset + size]), 'little')
+
+
+def boot_sector_dirty(fstype, boot, fat_entry_1=None):
+    """Whether a filesystem is marked dirty (not cleanly unmounted), from its raw boot sector.
+
+    exFAT: VolumeFlags (offset 106) bit 1 VolumeDirty. FAT32: the state byte (offset 0x41)
+    bit 0, or the clean-shutdown bit 0x08000000 of FAT entry 1 cleared. None when the boot
+    sector is not one of those (FAT12/16, unknown).
+    """
+    if fstype == 'exfat' and boot[3:11] == b'EXFAT   ':
+        return bool(_le(boot, 106, 2) & 0x0002)
+    if fstype == 'vfat' and boot[82:90] == b'FAT32   ':
+        dirty = bool(bytearray(boot[0x41:0x42])[0] & 0x01)
+        if fat_entry_1 is not None:
+            dirty = dirty or not fat_entry_1 & 0x08000000
+        return dirty
+    return None
+
+
+def read_dirty_flag(device, fstype):
+    """Read the boot sector (and FAT32's FAT entry 1) of an unmounted device; see boot_sector_dirty."""
+    try:
+        with open(device, 'rb') as handle:
+            boot = handle.read(512)
+            fat_entry_1 = None
+            if fstype == 'vfat' and boot[82:90] == b'FAT32   ':
+                handle.seek(_le(boot, 14, 2) * _le(boot, 11, 2) + 4)
+                fat_entry_1 = _le(handle.read(4), 0, 4)
+    except (IOError, OSError):
+        return None
+    return boot_sector_dirty(fstype, boot, fat_entry_1)

@@ -227,7 +227,7 @@ class MountManager(object):
         self.device_gone = False
         self.result.update(device=None, uuid=None, label=None, fstype=None, driver=None,
                            path=None, options=None, size_bytes=None, free_bytes=None,
-                           max_file_bytes=None, released=[])
+                           max_file_bytes=None, released=[], dirty=None)
 
     # ---- reading the live state
 
@@ -537,6 +537,7 @@ class MountManager(object):
         daemons = self._daemons()
         entries = self._mounts()
         device_mounts = self._mounts_of(device, entries, daemons)
+        was_mounted = bool(device_mounts)
         at_path = _mountinfo.top_mount_at(entries, path)
         before = None
         if at_path is not None:
@@ -590,6 +591,15 @@ class MountManager(object):
                 raise ModuleFailure('%s is read-only (write-protect switch, or a read-only loop device); '
                                     'mount it with options: [ro] to read it, or make it writable and retry'
                                     % device, item=device)
+            if not was_mounted or not self.check_mode:
+                # Read only while nothing has it mounted: a mounted volume is always flagged dirty.
+                self.result['dirty'] = _blockdev.read_dirty_flag(device, fstype)
+            if self.result['dirty']:
+                # A warning, not a failure: FUSE daemons killed at shutdown leave the flag set
+                # on sticks that are fine; the write test below still fails on a broken one.
+                self.module.warn('%s is marked dirty (not cleanly unmounted: pulled while in use, or its FUSE '
+                                 'daemon was killed); check it with fsck.%s %s while it is unmounted'
+                                 % (device, fstype, device))
             if self._ensure_mount_point():
                 self.result['changed'] = True
             self.client.action('mount %s (%s, %s driver) at %s: %s' % (device, fstype, driver, path, ' '.join(argv)))

@@ -27,8 +27,10 @@ description:
   - A FUSE mount whose daemon died (C(Transport endpoint is not connected)) counts as not mounted;
     the dead entry is unmounted and the stick mounted again.
   - After mounting, a small file is created, fsynced and deleted as O(uid)/O(gid) to prove the
-    stick is writable for that user; a read-only or dirty stick is unmounted again and the task
-    fails with advice, unless O(options) contains C(ro).
+    stick is writable for that user; a read-only stick, or one the driver refuses to write to, is
+    unmounted again and the task fails with advice (C(fsck.exfat) on the unmounted device, or
+    C(ro) in O(options)), unless O(options) contains C(ro). A stick whose boot sector is marked dirty
+    is mounted with a warning advising C(fsck) (see RV(dirty)).
   - O(state=unmounted) syncs, then unmounts, retrying while the mount is busy for O(busy_timeout)
     seconds; then it fails listing the processes holding the mount and leaves it mounted. It never
     unmounts lazily.
@@ -308,6 +310,16 @@ max_file_bytes:
   returned: state=mounted
   type: int
   sample: 4294967295
+dirty:
+  description:
+    - Whether the filesystem was marked dirty (not cleanly unmounted) before this task mounted it,
+      read from its boot sector (exFAT VolumeDirty flag; FAT32 state byte and FAT entry 1).
+      A dirty stick is mounted with a warning advising C(fsck.exfat) or C(fsck.vfat).
+    - Null when the module did not mount (already mounted as requested, or mounted in check mode)
+      or the boot sector is not exFAT/FAT32.
+  returned: state=mounted
+  type: bool
+  sample: false
 released:
   description: Paths the stick was unmounted from because it was automounted there.
   returned: always

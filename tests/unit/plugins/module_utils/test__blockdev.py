@@ -130,3 +130,43 @@ def test_any_with_patterns_scopes_loop_devices(tmp_path):
 
 def test_report_of_nothing():
     assert _blockdev.format_report([]) == 'blkid saw no exFAT or FAT filesystem'
+
+
+def exfat_boot(flags):
+    boot = bytearray(512)
+    boot[3:11] = b'EXFAT   '
+    boot[106:108] = flags.to_bytes(2, 'little')
+    return bytes(boot)
+
+
+def fat32_boot(state):
+    boot = bytearray(512)
+    boot[11:13] = (512).to_bytes(2, 'little')
+    boot[14:16] = (32).to_bytes(2, 'little')
+    boot[0x41] = state
+    boot[82:90] = b'FAT32   '
+    return bytes(boot)
+
+
+def test_boot_sector_dirty():
+    assert _blockdev.boot_sector_dirty('exfat', exfat_boot(0x0000)) is False
+    assert _blockdev.boot_sector_dirty('exfat', exfat_boot(0x0002)) is True
+    assert _blockdev.boot_sector_dirty('exfat', exfat_boot(0x0001)) is False     # ActiveFat, not dirty
+    assert _blockdev.boot_sector_dirty('vfat', fat32_boot(0), 0x0FFFFFFF) is False
+    assert _blockdev.boot_sector_dirty('vfat', fat32_boot(1), 0x0FFFFFFF) is True
+    assert _blockdev.boot_sector_dirty('vfat', fat32_boot(0), 0x07FFFFFF) is True
+    assert _blockdev.boot_sector_dirty('vfat', exfat_boot(0)) is None
+    assert _blockdev.boot_sector_dirty('exfat', bytes(512)) is None
+
+
+def test_read_dirty_flag_from_an_image_file(tmp_path):
+    image = tmp_path / 'fat32.img'
+    fat = bytearray(64 * 512)
+    fat[:512] = fat32_boot(0)
+    fat[32 * 512 + 4:32 * 512 + 8] = (0x0FFFFFFF).to_bytes(4, 'little')
+    image.write_bytes(bytes(fat))
+    assert _blockdev.read_dirty_flag(str(image), 'vfat') is False
+    fat[32 * 512 + 4:32 * 512 + 8] = (0x07FFFFFF).to_bytes(4, 'little')
+    image.write_bytes(bytes(fat))
+    assert _blockdev.read_dirty_flag(str(image), 'vfat') is True
+    assert _blockdev.read_dirty_flag(str(tmp_path / 'missing'), 'vfat') is None
