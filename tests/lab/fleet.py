@@ -357,6 +357,7 @@ def inventory_text(count):
                 '          ansible_ssh_private_key_file: %s' % CLIENT_KEY,
                 '          ansible_ssh_common_args: %s' % _q(ssh_args),
                 '          ansible_become: true',
+                '          ansible_pipelining: true',
             ]
         else:
             lines.append('          ansible_connection: local')
