@@ -28,6 +28,7 @@ the bench stick, nothing else.
 import argparse
 import ast
 import datetime
+import json
 import os
 import platform
 import shutil
@@ -81,6 +82,7 @@ class Bench(object):
         self.probes = {}
         self.problems = []
         self.compression = []
+        self.load = []  # 1-minute load average at the start of each rep: other users of the machine
 
     # ---------------------------------------------------------------- helpers
 
@@ -114,6 +116,7 @@ class Bench(object):
 
     def rep(self, index):
         refs = self.set.refs
+        self.load.append(round(os.getloadavg()[0], 2))
         for name in FOLDERS:
             empty_folder(self.folder(name))
         ids = self.set.present()
@@ -189,6 +192,8 @@ class Bench(object):
 
     def memory(self):
         """Peak RSS and bytes read of the module process, small set vs the main set."""
+        _s, _r, self.probes['noop_module'] = self.play({'name': 'noop module', 'ansible.builtin.ping': {}},
+                                                        rss=True)
         small = BenchSet(self.engine, SMALL_SET_MB)
         small.ensure(log=log)
         memory = {'archived': {}, 'loaded': {}}
@@ -214,8 +219,9 @@ class Bench(object):
                 log('memory %s %s set (%d MB): peak RSS %.1f MiB, read %.0f MB, written %.0f MB' % (
                     state, label, probe['set_bytes'] // 10 ** 6, probe['maxrss_kib'] / 1024.0,
                     (probe['rchar'] or 0) / 1e6, (probe['wchar'] or 0) / 1e6))
-        log('no-change rerun read %.1f MB (set: %.0f MB)' % (
-            (self.probes['rerun']['rchar'] or 0) / 1e6, self.set_bytes / 1e6))
+        log('no-change rerun read %.1f MB, a ping module %.1f MB (set: %.0f MB)' % (
+            (self.probes['rerun']['rchar'] or 0) / 1e6, (self.probes['noop_module']['rchar'] or 0) / 1e6,
+            self.set_bytes / 1e6))
         return memory
 
     def scale(self):
@@ -249,6 +255,39 @@ class Bench(object):
                 bench_set.remove()
         return points
 
+    def profile(self):
+        """--profile: the module in-process under cProfile, archived then loaded, on the main set."""
+        import subprocess
+        if self.options is None:
+            sys.exit('--profile needs %s' % MODULE_FILE)
+        stick = Stick(max(1024, int(self.args.size_mb * 2 * 0.954) + 512))
+        self.set.ensure(log=log)
+        stick.up(log=log)
+        folder = self.folder('none')
+        runs = [('archived', dict(state='archived', path=folder, images=self.set.refs, force=True)),
+                ('archived again (no change)', dict(state='archived', path=folder, images=self.set.refs)),
+                ('loaded', dict(state='loaded', path=folder))]
+        if self.args.profile_compression != 'none':
+            runs[0][1]['compression'] = self.args.profile_compression
+            runs[1][1]['compression'] = self.args.profile_compression
+        try:
+            empty_folder(folder)
+            for title, params in runs:
+                params['docker_host'] = self.engine.host
+                if params['state'] == 'loaded':
+                    self.set.remove()
+                log('profiling %s: %s' % (title, params))
+                stats = os.path.join(self.workdir, '%s.pstats' % params['state'])
+                subprocess.run([sys.executable, os.path.join(HERE, '_bench_profile.py'),
+                                '--collections', os.path.join(self.workdir, 'collections'),
+                                '--args', json.dumps(params), '--out', stats], check=True)
+            self.set.ensure(log=log)
+        finally:
+            empty_folder(folder)
+            stick.down()
+        log('pstats files in %s' % self.workdir)
+        return 0
+
     # ---------------------------------------------------------------- main
 
     def run(self):
@@ -257,8 +296,10 @@ class Bench(object):
         if not _labkit.engine_answers(args.engine):
             sys.exit('engine %s does not answer at %s: run `make lab` (tests/lab/lab.py up) first'
                      % (args.engine, self.engine.host))
-        if self.options is None:
+        if self.options is None and not args.baselines_only:
             log('%s is not there yet: measuring the baselines only' % MODULE_FILE)
+        if args.profile:
+            return self.profile()
         biggest = max([args.size_mb] + (args.scale_sizes if args.scale else []))
         stick = Stick(max(1024, int(args.size_mb * 5 * 0.954) + int(biggest * 0.954) + 512))
         self.set.ensure(log=log)
@@ -295,7 +336,8 @@ class Bench(object):
             'machine': {'cpus': os.cpu_count(), 'kernel': platform.release(),
                         'python': platform.python_version(),
                         'engine': args.engine, 'engine_version': _labkit.engine_answers(args.engine),
-                        'stick': 'exFAT loop device over a sparse file, mount.exfat-fuse'},
+                        'stick': 'exFAT loop device over a sparse file, mount.exfat-fuse',
+                        'load_average_per_rep': self.load},
             'set': {'size_mb': args.size_mb, 'refs': self.set.refs, 'bytes': self.set_bytes},
             'reps': args.reps, 'module_present': self.options is not None,
             'summary': summary, 'table': rows, 'compression': compression, 'memory': memory,
@@ -313,8 +355,9 @@ class Bench(object):
             report.chart(path, rows, compression, scale, title)
 
         print()
-        print('Set: %s = %d bytes (%s), %d reps, median wall seconds' % (
-            ', '.join(self.set.refs), self.set_bytes, args.engine, args.reps))
+        print('Set: %s = %d bytes (%s), %d reps, median wall seconds; load average per rep: %s' % (
+            ', '.join(self.set.refs), self.set_bytes, args.engine, args.reps,
+            ' '.join('%.1f' % load for load in self.load)))
         print(report.format_table(rows))
         if scale:
             print()
@@ -352,6 +395,9 @@ def main():
                              'empty string: results only)')
     parser.add_argument('--baselines-only', action='store_true',
                         help='measure dd, docker save/load only (no module runs)')
+    parser.add_argument('--profile', action='store_true',
+                        help='only profile the module in-process (cProfile, all threads) on the main set')
+    parser.add_argument('--profile-compression', default='none', choices=('none', 'gzip', 'zstd'))
     parser.add_argument('--cleanup', action='store_true',
                         help='remove the benchmark images and the bench stick, then exit')
     args = parser.parse_args()
