@@ -161,7 +161,7 @@ def chart(path, rows, compression, scale, title):
     fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 5.5))
     ax = axes[0]
     shown = [row for row in rows if not row['label'].startswith('  ')]
-    labels = [row['label'][:44] for row in shown]
+    labels = [row['label'].replace(' (playbook wall)', '').replace(' (wall)', '')[:48] for row in shown]
     seconds = [row['seconds'] for row in shown]
     colors = ['#999999' if row['key'] in ('physical', 'save_sync', 'manual', 'load_plain', 'noop', 'noop_module')
               else '#2a6fb0' for row in shown]

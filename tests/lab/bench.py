@@ -68,6 +68,16 @@ def module_options():
     return set()
 
 
+def git_commit():
+    """HEAD of the working tree measured, '+dirty' when plugins/ has uncommitted changes."""
+    import subprocess
+    head = subprocess.run(['git', '-C', REPO_ROOT, 'rev-parse', '--short', 'HEAD'],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL).stdout.decode().strip()
+    dirty = subprocess.run(['git', '-C', REPO_ROOT, 'status', '--porcelain', '--', 'plugins'],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL).stdout.decode().strip()
+    return head + ('+dirty' if dirty else '')
+
+
 class Bench(object):
 
     def __init__(self, args):
@@ -339,7 +349,7 @@ class Bench(object):
                         'stick': 'exFAT loop device over a sparse file, mount.exfat-fuse',
                         'load_average_per_rep': self.load},
             'set': {'size_mb': args.size_mb, 'refs': self.set.refs, 'bytes': self.set_bytes},
-            'reps': args.reps, 'module_present': self.options is not None,
+            'reps': args.reps, 'module_present': self.options is not None, 'commit': git_commit(),
             'summary': summary, 'table': rows, 'compression': compression, 'memory': memory,
             'probes': self.probes, 'scale': scale, 'fleet': fleet, 'targets': checks,
             'problems': self.problems,
