@@ -63,6 +63,7 @@ def foreign_archive(args):
                                            Layers=[layer_dir + '/layer.tar'])]).encode()),
         ('repositories', json.dumps({repo: {tag: layer_dir}}).encode()),
     ]
+    os.makedirs(os.path.dirname(os.path.abspath(args.path)), exist_ok=True)
     with tarfile.open(args.path, 'w', format=tarfile.USTAR_FORMAT) as tar:
         for name, blob in members:
             info = tarfile.TarInfo(name)
