@@ -183,10 +183,16 @@ class Engine(object):
         except APIError as exc:
             raise EngineError('the engine at %s refused to save %s: %s'
                               % (self.docker_host, ', '.join(names), exc), names[0])
+        sent = 0
         try:
             for chunk in response.raw.stream(chunk_size, decode_content=False):
                 if chunk:
+                    sent += len(chunk)
                     yield chunk
+        except Exception as exc:  # pylint: disable=broad-except
+            # urllib3's ProtocolError (IncompleteRead) and the like: the engine stopped or died mid-stream
+            raise EngineError('the engine at %s stopped sending the archive of %s after %d bytes (was it stopped '
+                              'or restarted?): %s' % (self.docker_host, ', '.join(names), sent, exc), names[0])
         finally:
             response.close()
 
