@@ -212,11 +212,14 @@ class ArchiveManager(object):
             self.client.action('create folder %s' % self.folder)
             self.result['changed'] = True
             if not self.client.check_mode:
+                old_umask = os.umask(0o022)  # 0755 folders whatever the caller's umask (readable by the stick's uid)
                 try:
                     os.makedirs(self.folder, 0o755)
                 except OSError as exc:
                     raise ModuleFailure('cannot create archive folder %s: %s' % (self.folder, exc.strerror),
                                         item=self.folder)
+                finally:
+                    os.umask(old_umask)
             return False
         return True
 
@@ -243,11 +246,29 @@ class ArchiveManager(object):
     def _result_entry(self, action, tags, image_id, config_digest, file_name, size, sha256, seconds, **extra):
         entry = dict(action=action, tags=list(tags or []), image_id=image_id, config_digest=config_digest,
                      file=file_name, bytes=size, sha256=sha256, seconds=round(seconds, 3))
+        entry.update(extra)
+        return self._note_identity(entry)
+
+    def _note_identity(self, entry):
+        image_id, config_digest = entry.get('image_id'), entry.get('config_digest')
         if image_id and config_digest and image_id != config_digest:
             entry['identity_note'] = ID_NOTE if self._engine and self._engine.containerd_store else \
                 'the image ID shown by this engine differs from the config digest'
-        entry.update(extra)
         return entry
+
+    def _entry_from_report(self, action, entry, image_id, seconds, **extra):
+        """Result entry of an archive in the folder, from its check (or its metadata when not read)."""
+        if entry.report is not None:
+            fields = self._report_fields(entry)
+        else:
+            data = entry.metadata or {}
+            fields = dict(file=entry.name, bytes=data.get('bytes'), sha256=entry.recorded_sha,
+                          compression=data.get('compression'), checksum_recorded=True,
+                          config_digest=data.get('config_digest'))
+        result = dict(action=action, tags=list(entry.tags or []), image_id=image_id, seconds=round(seconds, 3))
+        result.update(fields)
+        result.update(extra)
+        return self._note_identity(result)
 
     # -- archived -------------------------------------------------------------
 
@@ -334,8 +355,9 @@ class ArchiveManager(object):
                 and sorted(data.get('tags') or []) == tags and same_image(inspect, data))
 
     def archived(self):
-        exists = self._check_folder(create=True)
+        # bad input is refused before anything is created, not even the folder
         targets = self._resolve_targets()
+        exists = self._check_folder(create=True)
         entries, sums = self._inventory(exists)
         compression = self.params['compression']
         limit = self._fat_limit()
@@ -589,13 +611,9 @@ class ArchiveManager(object):
         for entry in self._select_entries(entries):
             started = time.time()
             problems = self._check_entry(entry)
-            fields = self._report_fields(entry)
             action = 'failed' if problems else 'verified'
-            image_id = (entry.metadata or {}).get('image_id')
-            result = self._result_entry(action, fields.pop('tags', entry.tags), image_id,
-                                        fields.pop('config_digest', None), entry.name, fields.pop('bytes'),
-                                        fields.pop('sha256'), time.time() - started, problems=problems, **fields)
-            self._add(result)
+            self._add(self._entry_from_report(action, entry, (entry.metadata or {}).get('image_id'),
+                                              time.time() - started, problems=problems))
             if problems:
                 failed.append('%s: %s' % (entry.name, '; '.join(problems)))
         if failed:
@@ -661,10 +679,7 @@ class ArchiveManager(object):
             problems = self._check_entry(entry)
             if problems:
                 failed.append('%s: %s' % (entry.name, '; '.join(problems)))
-                fields = self._report_fields(entry)
-                self._add(self._result_entry('failed', fields.pop('tags', entry.tags), None,
-                                             fields.pop('config_digest', None), entry.name, fields.pop('bytes'),
-                                             fields.pop('sha256'), 0.0, problems=problems, **fields))
+                self._add(self._entry_from_report('failed', entry, None, 0.0, problems=problems))
                 continue
             if entry.metadata is None:
                 record, tags = self._record_of(entry)
@@ -696,16 +711,12 @@ class ArchiveManager(object):
                                 item=root, path=root, bytes_needed=need, bytes_free=free)
         # 4. load
         for action, entry in plan:
-            record, tags = self._record_of(entry) if (entry.metadata is not None or entry.report) else (None, [])
-            fields = self._report_fields(entry) if entry.report else dict(
-                file=entry.name, bytes=(entry.metadata or {}).get('bytes'), sha256=entry.recorded_sha,
-                compression=(entry.metadata or {}).get('compression'), checksum_recorded=True)
-            fields.pop('tags', None)
-            config_digest = fields.pop('config_digest', None) or record.get('config_digest')
+            record, tags = self._record_of(entry)
+            config_digest = record.get('config_digest')
             if action == 'unchanged':
                 inspect = self._find_loaded(record, tags)
-                self._add(self._result_entry('unchanged', tags, inspect['Id'] if inspect else None, config_digest,
-                                             entry.name, fields.pop('bytes'), fields.pop('sha256'), 0.0, **fields))
+                self._add(self._entry_from_report('unchanged', entry, inspect['Id'] if inspect else None, 0.0,
+                                                  tags=tags))
                 continue
             moved = []
             for tag in tags:
@@ -724,11 +735,8 @@ class ArchiveManager(object):
                                         'afterwards' % (self.params['docker_host'], entry.name), item=entry.name,
                                         images=self.result['images'])
                 image_id = inspect['Id']
-            extra = dict(fields)
-            if moved:
-                extra['tags_moved'] = moved
-            self._add(self._result_entry('loaded', tags, image_id, config_digest, entry.name,
-                                         extra.pop('bytes'), extra.pop('sha256'), time.time() - started, **extra))
+            extra = dict(tags_moved=moved) if moved else {}
+            self._add(self._entry_from_report('loaded', entry, image_id, time.time() - started, tags=tags, **extra))
         if self.client.diff_mode:
             loads = [entry.name for action, entry in plan if action == 'load']
             self.result['diff'] = dict(before='', after=''.join('load %s\n' % name for name in loads))
