@@ -16,7 +16,8 @@ through a shell.
     mid-save   --fault KIND ...                                 run a save with ansible-playbook in the
                                                                 background and cause KIND while the
                                                                 temporary file grows: kill-ansible
-                                                                (SIGKILL of its process group),
+                                                                (SIGKILL of its process groups: the
+                                                                module's own included),
                                                                 kill-fuse (SIGKILL of the stick's FUSE daemon)
                                                                 or kill-engine (SIGKILL of --engine-pid)
     playbook   --state S --host H --folder F [--images ...] [--umask 077] [--become-user U]
@@ -277,6 +278,7 @@ PLAYBOOK = '''---
       ignore_errors: true
 
     - name: Keep the result for the driver
+      become: false
       ansible.builtin.copy:
         content: "{{ faults_result | combine({'faults_umask': faults_umask.stdout}) | to_json }}"
         dest: "{{ faults_result_file }}"
@@ -316,6 +318,37 @@ def _fuse_daemons(mount_point):
     return pids
 
 
+def _processes():
+    """{pid: (state, ppid, pgid)} of every process."""
+    table = {}
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit():
+            continue
+        try:
+            with open('/proc/%s/stat' % entry) as handle:
+                fields = handle.read().rsplit(') ', 1)[1].split()
+        except (IOError, OSError, IndexError):
+            continue
+        table[int(entry)] = (fields[0], int(fields[1]), int(fields[2]))
+    return table
+
+
+def _process_groups(root):
+    """Process groups of root and all its descendants: ansible-core 2.19 workers call setsid(), so the
+    module runs in a group of its own, not in ansible-playbook's."""
+    table = _processes()
+    pids, groups = {root}, {root}
+    grew = True
+    while grew:
+        grew = False
+        for pid, (_state, ppid, pgid) in table.items():
+            if ppid in pids and pid not in pids:
+                pids.add(pid)
+                groups.add(pgid)
+                grew = True
+    return groups
+
+
 def _group_alive(pgid):
     for entry in os.listdir('/proc'):
         if not entry.isdigit():
@@ -346,13 +379,16 @@ def cmd_mid_save(args):
     log = open(os.path.join(work, 'out.txt'), 'wb')
     process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     seen, caused, deadline = None, None, time.time() + args.wait
+    groups = [process.pid]
     while time.time() < deadline and process.poll() is None:
         grown = [(name, size) for name, size in _partials(args.folder) if size >= args.min_bytes]
         if grown:
             seen = grown[0]
             if args.fault == 'kill-ansible':
-                os.killpg(process.pid, signal.SIGKILL)
-                caused = 'SIGKILL to process group %d' % process.pid
+                groups = sorted(_process_groups(process.pid))
+                for pgid in groups:
+                    os.killpg(pgid, signal.SIGKILL)
+                caused = 'SIGKILL to process groups %s (ansible-playbook, its workers, the module)' % groups
             elif args.fault == 'kill-engine':
                 os.kill(args.engine_pid, signal.SIGKILL)
                 caused = 'SIGKILL to the engine, pid %d' % args.engine_pid
@@ -369,8 +405,8 @@ def cmd_mid_save(args):
         os.killpg(process.pid, signal.SIGKILL)
         rc = process.wait()
     log.close()
-    for _ in range(100):  # the module's processes were in the same group: wait until all are gone
-        if not _group_alive(process.pid):
+    for dummy in range(100):  # wait until every killed process is gone
+        if not any(_group_alive(pgid) for pgid in groups):
             break
         time.sleep(0.1)
     with open(os.path.join(work, 'out.txt'), 'rb') as handle:
@@ -382,7 +418,7 @@ def cmd_mid_save(args):
     except (IOError, OSError, ValueError):
         pass
     shutil.rmtree(work, ignore_errors=True)
-    emit({'caused': caused, 'partial_seen': seen, 'rc': rc, 'group_alive': _group_alive(process.pid),
+    emit({'caused': caused, 'partial_seen': seen, 'rc': rc, 'group_alive': any(_group_alive(pgid) for pgid in groups),
           'partials_after': _partials(args.folder) if os.path.isdir(args.folder) else None,
           'task': task, 'output_tail': output[-3000:] if task is None else None})
 
