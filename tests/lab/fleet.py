@@ -348,14 +348,15 @@ def inventory_text(count):
         host = host_name(index)
         lines.append('        %s:' % host)
         if index == 1:
-            ssh_args = ('-o UserKnownHostsFile=%s -o StrictHostKeyChecking=yes '
-                        '-o ControlMaster=auto -o ControlPersist=60s' % KNOWN_HOSTS)
             lines += [
                 '          ansible_host: %s' % SSH_ADDRESS,
                 '          ansible_port: %d' % SSH_PORT,
                 '          ansible_user: %s' % SSH_USER,
                 '          ansible_ssh_private_key_file: %s' % CLIENT_KEY,
-                '          ansible_ssh_common_args: %s' % _q(ssh_args),
+                '          ansible_ssh_common_args: >-',
+                '            -o UserKnownHostsFile=%s' % KNOWN_HOSTS,
+                '            -o StrictHostKeyChecking=yes',
+                '            -o ControlMaster=auto -o ControlPersist=60s',
                 '          ansible_become: true',
                 '          ansible_pipelining: true',
             ]
@@ -369,7 +370,8 @@ def inventory_text(count):
             '          backup_label: %s' % label,
             '          backup_mount_path: %s' % mount_path,
             '          backup_docker_host: %s' % _q(docker_host),
-            '          backup_images: %s' % _q(references_of(host)),
+            '          backup_images:',
+        ] + ['            - %s' % _q(ref) for ref in references_of(host)] + [
             '          restore_label: %s' % label,
             '          restore_mount_path: %s' % mount_path,
             '          restore_docker_host: %s' % _q(docker_host),
