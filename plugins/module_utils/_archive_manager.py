@@ -46,6 +46,7 @@ from ansible_collections.pibackup.docker_usb.plugins.module_utils._engine import
     DockerException,
     Engine,
     EngineError,
+    SizedReader,
     can_run,
     engine_tags,
     normalize_platform,
@@ -746,11 +747,16 @@ class ArchiveManager(object):
         compression = entry.report.compression
         try:
             if compression == 'zstd':
+                # one pass to learn the tar's length, one to send it (see Engine.load)
+                size = 0
                 with open_tar_stream(entry.path) as stream:
-                    self.engine.load(iter(lambda: stream.read(CHUNK), b''))
+                    for chunk in iter(lambda: stream.read(CHUNK), b''):
+                        size += len(chunk)
+                with open_tar_stream(entry.path) as stream:
+                    self.engine.load(SizedReader(stream, size))
             else:
                 with open(entry.path, 'rb') as handle:
-                    self.engine.load(iter(lambda: handle.read(CHUNK), b''))
+                    self.engine.load(handle)
         except EngineError as exc:
             raise ModuleFailure('loading %s failed: %s' % (entry.name, exc.msg), item=entry.name,
                                 images=self.result['images'])

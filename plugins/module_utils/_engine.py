@@ -83,6 +83,20 @@ def can_run(engine_platform, image_platform):
     return (e_arch, i_arch) in (('amd64', '386'),)
 
 
+class SizedReader(object):
+    """A read()-able stream of known length (decompressed archives), sent with a Content-Length."""
+
+    def __init__(self, stream, size):
+        self._stream = stream
+        self._size = size
+
+    def __len__(self):
+        return self._size
+
+    def read(self, size=-1):
+        return self._stream.read(size)
+
+
 class EngineError(Exception):
     def __init__(self, msg, item=None):
         super(EngineError, self).__init__(msg)
@@ -196,9 +210,14 @@ class Engine(object):
         finally:
             response.close()
 
-    def load(self, chunks):
-        """Send a tar stream (an iterator of bytes) to POST /images/load; return the engine's lines."""
-        response = self.api._post(self.api._url('/images/load'), data=chunks, params={'quiet': '1'},
+    def load(self, data):
+        """Send a tar stream to POST /images/load; return the engine's lines.
+
+        ``data`` is an open regular file or a SizedReader: the request always
+        carries a Content-Length, because the Docker SDK 5.0.3 transport cannot
+        send chunked bodies over a unix socket.
+        """
+        response = self.api._post(self.api._url('/images/load'), data=data, params={'quiet': '1'},
                                   headers={'Content-Type': 'application/x-tar'}, stream=True)
         lines = []
         try:

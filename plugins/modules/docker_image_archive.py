@@ -48,13 +48,13 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: Check mode predicts exactly which archives would be saved or replaced and which images loaded.
+    description: Check mode predicts exactly which archives would be saved or replaced and which images loaded.
   diff_mode:
     support: full
-    details: Lists the archives (with their sha256) before and after, and the archives that would be loaded.
+    description: Lists the archives (with their sha256) before and after, and the archives that would be loaded.
   idempotent:
     support: full
-    details:
+    description:
       - O(state=archived) leaves an archive untouched (same mtime) when its metadata, its C(SHA256SUMS)
         line and its size agree and it holds the same image with the same tags; such a run reads no image data.
       - O(state=loaded) skips an archive whose image the engine already has with all its tags.
@@ -137,7 +137,7 @@ notes:
 seealso:
   - module: pibackup.docker_usb.usb_exfat_mount
 author:
-  - pibackup maintainers
+  - pibackup maintainers (@pibackup)
 '''
 
 EXAMPLES = r'''
