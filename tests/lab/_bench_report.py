@@ -106,6 +106,11 @@ def targets(summary, memory, probes, nbytes, scale=None, fleet=None):
         extra = med['rerun'] - med['noop']
     out.append(target('no-change rerun <= no-op + 1 s', extra, 1.0, 's',
                       'second archived run minus a debug task run the same way'))
+    extra = None
+    if med.get('rerun') is not None and med.get('noop_module') is not None:
+        extra = med['rerun'] - med['noop_module']
+    out.append(target('no-change rerun <= no-op module + 1 s', extra, 1.0, 's',
+                      'second archived run minus a ping module task run the same way'))
     read = (probes.get('rerun') or {}).get('rchar')
     base = (probes.get('noop_module') or {}).get('rchar')
     extra_read = None if read is None or base is None else max(0, read - base) / float(nbytes)
@@ -208,3 +213,29 @@ def chart(path, rows, compression, scale, title):
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def markdown(data):
+    """The table, scale and targets of one run as Markdown (docs/performance.md pastes it)."""
+    def cell(value, fmt):
+        return '-' if value is None else fmt % value
+    out = ['| flow | median s | MB/s | x manual flow | x physical limit | bytes on stick |',
+           '| --- | ---: | ---: | ---: | ---: | ---: |']
+    for row in data['table']:
+        label = row['label'].strip()
+        if row['label'].startswith('  '):
+            label = '&nbsp;&nbsp;' + label
+        out.append('| %s | %s | %s | %s | %s | %s |' % (
+            label, cell(row['seconds'], '%.2f'), cell(row['mb_per_s'], '%.0f'), cell(row['x_manual'], '%.2f'),
+            cell(row['x_physical'], '%.2f'), cell(row['bytes'], '%d')))
+    if data.get('scale'):
+        out += ['', '| set size MB | docker save -o + sync s/GB | module archived (net) s/GB |',
+                '| ---: | ---: | ---: |']
+        for point in data['scale']:
+            out.append('| %.0f | %.2f | %s |' % (point['set_mb'], point['save_sync_s_per_gb'],
+                                                  cell(point.get('module_s_per_gb'), '%.2f')))
+    out += ['', '| target | value | limit | verdict |', '| --- | ---: | ---: | --- |']
+    for item in data['targets']:
+        out.append('| %s | %s %s | %s | %s |' % (item['name'], cell(item['value'], '%.3f'), item['unit'],
+                                                item['limit'], item['verdict']))
+    return '\n'.join(out) + '\n'

@@ -356,6 +356,8 @@ class Bench(object):
         }
         results = os.path.join(REPO_ROOT, 'bench', 'results', stamp + '.json')
         report.write_json(results, data)
+        with open(results[:-len('.json')] + '.md', 'w') as handle:
+            handle.write(report.markdown(data))
         title = '%d MB set, %s (Docker %s), exFAT loop stick, median of %d' % (
             self.set_bytes / 1e6, args.engine, data['machine']['engine_version'], args.reps)
         charts = [os.path.join(REPO_ROOT, 'bench', 'results', stamp + '.png')]
