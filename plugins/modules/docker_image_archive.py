@@ -109,6 +109,8 @@ options:
       - V(quick) reads it back right away, while the kernel still caches it (tar structure, every blob and
         layer hashed, config digest, the sha256 computed while writing).
       - V(full) first drops the file from the kernel's cache, so the check reads what is really on the stick.
+      - "Cost, measured on a busy 2-core lab machine for a 110 MB image on Docker 20.10: plain C(docker save -o)
+        1.6-2.1 s, writing through this module 1.8-2.1 s, V(quick) check 0.2-1.0 s more, V(full) 0.7-2.1 s more."
     type: str
     choices: [quick, full]
     default: quick
