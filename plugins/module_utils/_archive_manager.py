@@ -81,7 +81,7 @@ ID_NOTE = ('this engine uses the containerd image store, which names an image by
 
 
 def _now():
-    return datetime.datetime.utcnow().replace(microsecond=0).isoformat() + 'Z'
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0, tzinfo=None).isoformat() + 'Z'
 
 
 def _fsync_dir(folder):

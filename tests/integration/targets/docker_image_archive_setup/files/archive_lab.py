@@ -74,6 +74,7 @@ def foreign_archive(args):
 
 def climbing_archive(args):
     """A tar whose member climbs out of the folder."""
+    os.makedirs(os.path.dirname(os.path.abspath(args.path)), exist_ok=True)
     with tarfile.open(args.path, 'w', format=tarfile.USTAR_FORMAT) as tar:
         for name in ('manifest.json', '../../escape.txt'):
             blob = b'[]' if name == 'manifest.json' else b'x'
