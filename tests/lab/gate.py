@@ -354,7 +354,8 @@ def gate_integration(args):
             raise GateFailure('lab engine %s does not answer on %s: run "make lab"'
                               % (engine, _labkit.docker_host(engine)))
     passed, failed = [], []
-    for name, engine in runs:
+    for number, (name, engine) in enumerate(runs, 1):
+        log('integration %d/%d: %s on engine %s' % (number, len(runs), name, engine))
         write_integration_config(coll, engine)
         started = time.monotonic()
         try:
