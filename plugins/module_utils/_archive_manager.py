@@ -452,7 +452,10 @@ class ArchiveManager(object):
         staged = os.path.join(self.folder, '.' + file_name + STAGED_SUFFIX)
         names = tags if tags else [inspect['Id']]
         started = time.time()
-        writer = ArchiveWriter(staged, compression=compression, max_file_bytes=limit)
+        # verify=quick checks the tar stream while it is written (no second read);
+        # verify=full reads the file back from the stick after dropping it from the cache.
+        quick = self.params['verify'] != 'full'
+        writer = ArchiveWriter(staged, compression=compression, max_file_bytes=limit, inspect=quick)
         try:
             for chunk in self.engine.save(names):
                 writer.write(chunk)
@@ -469,7 +472,7 @@ class ArchiveManager(object):
             writer.abort()
             raise
         try:
-            image = self._check_written(staged, sha256, inspect, tags, item)
+            image = self._check_written(staged, sha256, inspect, tags, item, writer.report if quick else None)
         except BaseException:
             try:
                 os.unlink(staged)
@@ -503,11 +506,15 @@ class ArchiveManager(object):
         return self._result_entry('saved', tags, inspect['Id'], image.config_digest, file_name, size, sha256,
                                   seconds, compression=compression, by_id=by_id)
 
-    def _check_written(self, staged, sha256, inspect, tags, item):
-        """Re-read the new archive (before it replaces anything); return its ArchivedImage."""
-        if self.params['verify'] == 'full':
+    def _check_written(self, staged, sha256, inspect, tags, item, report=None):
+        """Check the new archive before it replaces anything; return its ArchivedImage.
+
+        ``report`` is the check made while writing (verify=quick); without it the
+        file is read back from the stick, past the kernel's cache (verify=full).
+        """
+        if report is None:
             _drop_cache(staged)
-        report = read_archive(staged, expected_sha256=sha256)
+            report = read_archive(staged, expected_sha256=sha256)
         self._last_format = report.format
         problems = list(report.problems)
         if len(report.images) != 1:
