@@ -244,7 +244,20 @@ def cmd_engine(args):
         emit({'host': host, 'pid': kit.engine_pid(args.name)})
     elif args.action == 'stop':
         with kit.lab_lock():
-            emit({'stopped': kit.stop_engine(args.name)})
+            stopped = kit.stop_engine(args.name)
+            purged = []
+            if args.purge:
+                # a per-run engine: remove its data root, run folder, config and log too
+                paths = kit._engine_paths(args.name)  # pylint: disable=protected-access
+                for key in ('data_root', 'run'):
+                    if os.path.isdir(paths[key]):
+                        shutil.rmtree(paths[key], ignore_errors=True)
+                        purged.append(paths[key])
+                for key in ('config', 'meta', 'log'):
+                    if os.path.exists(paths[key]):
+                        os.unlink(paths[key])
+                        purged.append(paths[key])
+        emit({'stopped': stopped, 'purged': purged})
     else:
         pid = kit.engine_pid(args.name)
         if pid:
@@ -510,6 +523,7 @@ def main():
     p.add_argument('name')
     p.add_argument('--lab', required=True, help='path of tests/lab/lab.py')
     p.add_argument('--version', default='20', choices=['20', '26'])
+    p.add_argument('--purge', action='store_true', help='stop: also remove the engine\'s data root and files')
     p.set_defaults(func=cmd_engine)
     p = sub.add_parser('mid-save')
     p.add_argument('--fault', required=True, choices=['kill-ansible', 'kill-fuse', 'kill-engine'])
