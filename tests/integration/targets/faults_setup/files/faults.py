@@ -233,6 +233,12 @@ def _labkit(lab):
     return _labkit
 
 
+def _mounted_at(path):
+    """True when something is mounted at path (also a bind mount of a folder onto itself)."""
+    with open('/proc/self/mountinfo') as handle:
+        return any(line.split()[4] == path for line in handle if len(line.split()) > 4)
+
+
 def cmd_engine(args):
     """Start, stop or SIGKILL this test's own engine (never one of the shared lab engines)."""
     if args.name in ('d20', 'd26', 'd26c'):
@@ -250,9 +256,14 @@ def cmd_engine(args):
                 # a per-run engine: remove its data root, run folder, config and log too
                 paths = kit._engine_paths(args.name)  # pylint: disable=protected-access
                 for key in ('data_root', 'run'):
+                    if _mounted_at(paths[key]):
+                        # dockerd bind-mounts its data root onto itself and leaves that mount behind
+                        subprocess.run(['umount', paths[key]], check=False)
                     if os.path.isdir(paths[key]):
                         shutil.rmtree(paths[key], ignore_errors=True)
                         purged.append(paths[key])
+                        if os.path.isdir(paths[key]):
+                            raise SystemExit('could not remove %s' % paths[key])
                 for key in ('config', 'meta', 'log'):
                     if os.path.exists(paths[key]):
                         os.unlink(paths[key])
