@@ -208,6 +208,11 @@ class ArchiveWriter(object):
     a file: after ``commit()``, ``report`` is the ArchiveReport of what was
     written, without reading the archive again. It checks the tar bytes the
     engine sent; the compressed bytes on disk are covered by ``sha256``.
+    With ``inspect='structure'`` the stream is parsed and the manifest, index
+    and configs are checked (with their digests), but layer blobs are not hashed
+    a second time: the engine produced them, and the file's sha256 computed
+    while writing covers what reached the disk. That is the cheap check made
+    after every save; read_archive() does the whole check.
     """
 
     def __init__(self, final_path, compression='none', mode=0o644, uid=None, gid=None,
@@ -263,7 +268,7 @@ class ArchiveWriter(object):
             if argv:
                 self._start_compressor(argv)
             if inspect:
-                self._start_scan()
+                self._start_scan(JSON_MEMBER_MAX if inspect == 'structure' else None)
         except BaseException:
             self.abort()
             raise
@@ -298,9 +303,9 @@ class ArchiveWriter(object):
         self._pump.daemon = True
         self._pump.start()
 
-    def _start_scan(self):
+    def _start_scan(self, hash_limit):
         self._scan_queue = queue.Queue(maxsize=4)
-        self._scan = _TarScan(_ByteStream(self._scan_chunks()))
+        self._scan = _TarScan(_ByteStream(self._scan_chunks()), hash_limit=hash_limit)
         self._scan_thread = threading.Thread(target=self._run_scan, name='archive-inspector')
         self._scan_thread.daemon = True
         self._scan_thread.start()
@@ -762,13 +767,15 @@ class _Member(object):
 class _Collector(object):
     """Consumes a regular member's content: hashes it, keeps its head, keeps it if small."""
 
-    def __init__(self, keep):
+    def __init__(self, keep, hashed=True):
         self.digest = hashlib.sha256()
+        self.hashed = hashed
         self.head = b''
         self.kept = bytearray() if keep else None
 
     def __call__(self, view):
-        self.digest.update(view)
+        if self.hashed:
+            self.digest.update(view)
         if len(self.head) < 8:
             self.head += bytes(view[:8 - len(self.head)])
         if self.kept is not None:
@@ -850,8 +857,11 @@ def _pad(size):
 class _TarScan(object):
     """Streams over a tar, recording every member (hash, size, head, small JSON) and structure problems."""
 
-    def __init__(self, stream):
+    def __init__(self, stream, hash_limit=None):
         self.stream = stream
+        # Members larger than hash_limit are not hashed (their sha256 stays None
+        # and the digest checks skip them); None hashes every member.
+        self.hash_limit = hash_limit
         self.members = {}
         self.problems = []
         self.kept_bytes = 0
@@ -972,13 +982,14 @@ class _TarScan(object):
             self._problem('member %s: unexpected tar entry type %r in an image archive'
                           % (raw_name, typeflag.decode('latin-1')))
         if kind == 'file':
-            collector = _Collector(size <= JSON_MEMBER_MAX and self.kept_bytes + size <= JSON_TOTAL_MAX)
+            hashed = self.hash_limit is None or size <= self.hash_limit
+            collector = _Collector(size <= JSON_MEMBER_MAX and self.kept_bytes + size <= JSON_TOTAL_MAX, hashed)
             got = self.stream.feed(size, collector)
             if got < size:
                 self._problem('archive ends inside member %s after %d of %d bytes (the file is truncated)'
                               % (raw_name, got, size))
                 return False
-            member.sha256 = collector.digest.hexdigest()
+            member.sha256 = collector.digest.hexdigest() if hashed else None
             member.head = collector.head
             if collector.kept is not None and bytes(collector.kept[:1]).strip() in (b'{', b'['):
                 member.data = bytes(collector.kept)
@@ -1128,7 +1139,7 @@ class _Inspector(object):
             parts = name.split('/')
             if len(parts) != 3 or parts[0] != 'blobs' or member.kind != 'file':
                 continue
-            if parts[1] == 'sha256' and member.sha256 != parts[2]:
+            if parts[1] == 'sha256' and member.sha256 is not None and member.sha256 != parts[2]:
                 self.problem('%s: content hashes to sha256:%s, not to the digest in its name (the blob is damaged)'
                              % (name, member.sha256))
 
@@ -1163,7 +1174,7 @@ class _Inspector(object):
             return
         if any(member.head.startswith(magic) for magic, dummy in _MAGIC + _UNSUPPORTED_MAGIC):
             return  # compressed layer: the blob digest check covers it
-        if index >= len(image.diff_ids):
+        if index >= len(image.diff_ids) or member.sha256 is None:
             return
         if 'sha256:' + member.sha256 != image.diff_ids[index]:
             self.problem('%s: layer %d of %s hashes to sha256:%s, not to the config\'s rootfs.diff_ids entry %s '

@@ -455,7 +455,8 @@ class ArchiveManager(object):
         # verify=quick checks the tar stream while it is written (no second read);
         # verify=full reads the file back from the stick after dropping it from the cache.
         quick = self.params['verify'] != 'full'
-        writer = ArchiveWriter(staged, compression=compression, max_file_bytes=limit, inspect=quick)
+        writer = ArchiveWriter(staged, compression=compression, max_file_bytes=limit,
+                               inspect='structure' if quick else False)
         try:
             for chunk in self.engine.save(names):
                 writer.write(chunk)

@@ -106,13 +106,14 @@ options:
   verify:
     description:
       - How a new archive is checked after it was written, before it replaces the older one.
-      - V(quick) checks the tar stream while it is written, in the same pass that writes and hashes it
-        (tar structure, every blob and layer hashed, the config digest and tags the manifest names), so the
-        archive is not read a second time. What reached the disk is covered by the sha256 computed from the
-        bytes written.
-      - V(full) also reads the file back from the stick after dropping it from the kernel's cache, so the
-        check sees what the stick really holds; it costs a second read of the archive (see the README's
-        Performance section for measured ratios).
+      - V(quick) checks the tar stream while it is written, in the same pass that writes and hashes it: the
+        tar structure to its end-of-archive marker, every member the manifest or index names present, the
+        config digest and the tags. Layers are not hashed a second time (the engine made them); what reached
+        the disk is covered by the sha256 computed from the bytes written. The archive is not read again.
+      - V(full) instead reads the file back from the stick after dropping it from the kernel's cache and
+        makes the whole check of O(state=verified) (every blob and layer hashed), so it sees what the stick
+        really holds; it costs a second read of the archive (the README's Performance section has the
+        measured ratios).
     type: str
     choices: [quick, full]
     default: quick

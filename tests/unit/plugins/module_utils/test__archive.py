@@ -795,6 +795,26 @@ def test_writer_inspects_while_writing(tmp_path, kind, compression):
     assert (writer.report.sha256, writer.report.bytes) == (digest, size)
 
 
+@pytest.mark.parametrize('kind', sorted(FORMATS))
+def test_writer_structure_inspection(tmp_path, kind):
+    """inspect='structure' finds the same images as a full read, and still sees a cut stream."""
+    source, dummy, dummy2 = build(tmp_path, kind)
+    raw = open(source, 'rb').read()
+    final = str(tmp_path / 'structure.tar')
+    with ArchiveWriter(final, inspect='structure') as writer:
+        feed(writer, raw, step=3001)
+        writer.commit()
+    full = read_archive(final)
+    assert writer.report.ok, writer.report.problems
+    assert [image.to_dict() for image in writer.report.images] == [image.to_dict() for image in full.images]
+    cut = str(tmp_path / 'cut.tar')
+    with ArchiveWriter(cut, inspect='structure') as writer:
+        feed(writer, raw[:len(raw) // 2], step=3001)
+        writer.commit()
+    assert not writer.report.ok
+    assert any('truncated' in problem for problem in writer.report.problems), writer.report.problems
+
+
 def test_writer_inspect_reports_damage_and_never_blocks(tmp_path):
     source, dummy, dummy2 = build(tmp_path, 'oci')
     raw = bytearray(open(source, 'rb').read())
