@@ -575,11 +575,15 @@ class ArchiveManager(object):
                 return True
         return ref.canonical in (entry.tags or [])
 
-    def _check_entry(self, entry):
-        """Read and check one archive; return its problems (empty when ok)."""
+    def _check_entry(self, entry, deep=True):
+        """Read and check one archive; return its problems (empty when ok).
+
+        ``deep=False`` (before a load) trusts a matching recorded sha256 for the
+        layers instead of hashing each again; the engine checks them on load too.
+        """
         data = entry.metadata
         recorded = entry.recorded_sha or (data or {}).get('sha256')
-        entry.report = read_archive(entry.path, expected_sha256=recorded)
+        entry.report = read_archive(entry.path, expected_sha256=recorded, deep=deep)
         problems = list(entry.report.problems)
         if data is not None:
             if entry.recorded_sha and data.get('sha256') and data['sha256'] != entry.recorded_sha:
@@ -685,7 +689,7 @@ class ArchiveManager(object):
         for index, (action, entry) in enumerate(plan):
             if action != 'load':
                 continue
-            problems = self._check_entry(entry)
+            problems = self._check_entry(entry, deep=False)
             if problems:
                 failed.append('%s: %s' % (entry.name, '; '.join(problems)))
                 self._add(self._entry_from_report('failed', entry, None, 0.0, problems=problems))

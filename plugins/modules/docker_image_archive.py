@@ -23,8 +23,11 @@ description:
     (coreutils format, so C(sha256sum -c SHA256SUMS) works on any machine). Lines of other files in
     C(SHA256SUMS) are kept.
   - O(state=loaded) checks every archive it is about to send (sha256 against the record, tar
-    structure, every blob and layer the manifest names, the config digest) before sending any of
-    them, refuses archives for a platform the engine cannot run, and loads them streamed.
+    structure, every blob and layer the manifest names present, the config digest) before sending any
+    of them, refuses archives for a platform the engine cannot run, and loads them streamed. When a
+    sha256 was recorded and matches, the layers are not hashed one by one again (the matching sha256
+    proves them unchanged, and the engine checks them on load); an archive without a record (made by
+    hand) has every layer hashed.
   - O(state=verified) reads every archive (or those in O(images)) and reports each as ok or what is
     wrong; the task fails when any archive is bad, with every result returned.
   - "Identity: the image config digest is what survives every engine. Engines with the overlay2

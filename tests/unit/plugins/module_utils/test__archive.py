@@ -842,3 +842,21 @@ def test_open_tar_stream_refuses_damaged_streams(tmp_path, compression):
             while stream.read(4096):
                 pass
     assert path in str(caught.value) and ('truncated' in str(caught.value) or 'zstd -d failed' in str(caught.value))
+
+
+@pytest.mark.parametrize('kind', sorted(FORMATS))
+def test_shallow_read_trusts_only_a_matching_record(tmp_path, kind):
+    """deep=False skips layer hashing only when the file's sha256 matches the record."""
+    source, dummy, dummy2 = build(tmp_path, kind)
+    good_sha = hash_file(source)[0]
+    assert read_archive(source, expected_sha256=good_sha, deep=False).ok
+    data = bytearray(open(source, 'rb').read())
+    data[data.find(b'ID=unit')] ^= 1
+    damaged = tmp_path / 'damaged.tar'
+    damaged.write_bytes(bytes(data))
+    shallow = read_archive(str(damaged), expected_sha256=good_sha, deep=False)
+    assert not shallow.ok and 'sha256 of the file' in shallow.problems[0]
+    # without a record, a shallow read is a deep one: the damaged layer is named
+    unrecorded = read_archive(str(damaged), deep=False)
+    assert not unrecorded.ok
+    assert any('damaged' in problem for problem in unrecorded.problems), unrecorded.problems
