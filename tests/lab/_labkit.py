@@ -729,7 +729,9 @@ def clear_stale_state():
     """Undo what an earlier session left: dead FUSE mounts that are the lab's, duplicate or
     orphaned loop devices of the lab's stick files. Returns a list of actions taken."""
     actions = []
-    lab_devices = [dev for dev, _back in lab_loop_devices()]
+    # Any loop device backed by a file under the lab's state folder is the lab's or a
+    # test's (test sticks live beside the lab's own); only dead mounts of them are cleared.
+    lab_devices = [dev for dev, back, _ro in _loop_table() if back.startswith(STATE + '/')]
     for entry in reversed(mounts()):
         if not entry['fstype'].startswith('fuse'):
             continue
