@@ -109,7 +109,7 @@ options:
   verify:
     description:
       - How a new archive is checked after it was written, before it replaces the older one.
-      - V(quick) checks the tar stream while it is written, in the same pass that writes and hashes it: the
+      - V(quick) checks the tar stream while it is written, in the same pass that writes and hashes it. It checks the
         tar structure to its end-of-archive marker, every member the manifest or index names present, the
         config digest and the tags. Layers are not hashed a second time (the engine made them); what reached
         the disk is covered by the sha256 computed from the bytes written. The archive is not read again.
