@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 """Profile docker_image_archive in-process (private to tests/lab/bench.py --profile).
 
 Runs the module's main() with the given arguments under cProfile, directly in
@@ -13,7 +13,6 @@ import argparse
 import cProfile
 import io
 import json
-import os
 import pstats
 import sys
 import threading
@@ -77,7 +76,7 @@ def main():
         wall, code, result.get('changed'), result.get('msg', '')))
     for item in result.get('images', []):
         print('  %s %s %s bytes in %ss' % (item.get('action'), item.get('file'), item.get('bytes'),
-                                            item.get('seconds')))
+                                           item.get('seconds')))
     for order in ('tottime', 'cumulative'):
         text = io.StringIO()
         stats.stream = text

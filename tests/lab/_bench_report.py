@@ -250,9 +250,9 @@ def markdown(data):
                 '| ---: | ---: | ---: |']
         for point in data['scale']:
             out.append('| %.0f | %.2f | %s |' % (point['set_mb'], point['save_sync_s_per_gb'],
-                                                  cell(point.get('module_s_per_gb'), '%.2f')))
+                                                 cell(point.get('module_s_per_gb'), '%.2f')))
     out += ['', '| target | value | limit | verdict |', '| --- | ---: | ---: | --- |']
     for item in data['targets']:
         out.append('| %s | %s %s | %s | %s |' % (item['name'], cell(item['value'], '%.3f'), item['unit'],
-                                                item['limit'], item['verdict']))
+                                                 item['limit'], item['verdict']))
     return '\n'.join(out) + '\n'

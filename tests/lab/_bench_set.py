@@ -49,7 +49,7 @@ def run(argv, **kwargs):
     """Run argv, raise with the command and its stderr when it fails."""
     kwargs.setdefault('stdout', subprocess.PIPE)
     kwargs.setdefault('stderr', subprocess.PIPE)
-    proc = subprocess.run(argv, **kwargs)
+    proc = subprocess.run(argv, check=False, **kwargs)
     if proc.returncode != 0:
         err = proc.stderr.decode('utf-8', 'replace') if isinstance(proc.stderr, bytes) else proc.stderr
         raise RuntimeError('%s failed (rc=%d): %s' % (' '.join(argv), proc.returncode, (err or '').strip()))
@@ -131,7 +131,7 @@ def _stream_tar_into(argv, fill, env=None):
         err.seek(0)
         if proc.returncode != 0:
             raise RuntimeError('%s failed (rc=%d): %s' % (' '.join(argv), proc.returncode,
-                                                           err.read().decode('utf-8', 'replace').strip()))
+                                                          err.read().decode('utf-8', 'replace').strip()))
         return out.read()
 
 
@@ -158,7 +158,7 @@ class BenchSet(object):
         found = {}
         for ref in self.refs:
             proc = subprocess.run(docker(self.engine, 'image', 'inspect', '--format', '{{.Id}}', ref),
-                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=False)
             if proc.returncode == 0:
                 found[ref] = proc.stdout.decode().strip()
         return found
@@ -210,7 +210,7 @@ class BenchSet(object):
         for ref in order:
             proc = subprocess.run(docker(self.engine, 'image', 'inspect', '--format',
                                          '{{index .Config.Labels "pibackup.lab"}}', ref),
-                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=False)
             if proc.returncode != 0:
                 continue
             if proc.stdout.decode().strip() != 'bench':

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 """make bench: this collection's backup and restore against the manual flow and the stick's limit.
 
 On one lab engine (default d20) and the benchmark's own exFAT loop stick
@@ -72,9 +72,9 @@ def git_commit():
     """HEAD of the working tree measured, '+dirty' when plugins/ has uncommitted changes."""
     import subprocess
     head = subprocess.run(['git', '-C', REPO_ROOT, 'rev-parse', '--short', 'HEAD'],
-                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL).stdout.decode().strip()
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=False).stdout.decode().strip()
     dirty = subprocess.run(['git', '-C', REPO_ROOT, 'status', '--porcelain', '--', 'plugins'],
-                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL).stdout.decode().strip()
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=False).stdout.decode().strip()
     return head + ('+dirty' if dirty else '')
 
 
@@ -203,7 +203,7 @@ class Bench(object):
     def memory(self):
         """Peak RSS and bytes read of the module process, small set vs the main set."""
         _s, _r, self.probes['noop_module'] = self.play({'name': 'noop module', 'ansible.builtin.ping': {}},
-                                                        rss=True)
+                                                       rss=True)
         small = BenchSet(self.engine, SMALL_SET_MB)
         small.ensure(log=log)
         memory = {'archived': {}, 'loaded': {}}

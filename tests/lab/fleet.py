@@ -290,7 +290,7 @@ def ssh_login_works():
 def _layer_tar(host, reference, size):
     """A deterministic root filesystem: random bytes seeded by the reference, a host file."""
     generator = random.Random(reference)
-    payload = bytes(bytearray(generator.getrandbits(8) for _ in range(size)))
+    payload = bytes(bytearray(generator.getrandbits(8) for _byte in range(size)))
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode='w', format=tarfile.PAX_FORMAT) as tar:
         for name, data in (('data/payload.bin', payload),
@@ -479,7 +479,7 @@ def status():
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n', 1)[0])
     sub = parser.add_subparsers(dest='command')
     sub.required = True
     up_parser = sub.add_parser('up', help='start the fleet (idempotent)')
