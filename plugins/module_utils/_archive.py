@@ -434,7 +434,7 @@ class ArchiveWriter(object):
         except BaseException:
             self.abort()
             raise
-        _fsync_folder(os.path.dirname(os.path.abspath(self.final_path)))
+        fsync_folder(os.path.dirname(os.path.abspath(self.final_path)))
         if self._scan is not None:
             self.report = ArchiveReport(self.final_path)
             self.report.sha256 = self.sha256
@@ -489,7 +489,8 @@ class ArchiveWriter(object):
         return False
 
 
-def _fsync_folder(folder):
+def fsync_folder(folder):
+    """fsync a folder so a rename in it is durable; folders that refuse it are left as they are."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:

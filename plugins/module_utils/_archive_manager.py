@@ -31,6 +31,7 @@ from ansible_collections.pibackup.docker_usb.plugins.module_utils._archive impor
     SUFFIX,
     ArchiveError,
     ArchiveWriter,
+    fsync_folder,
     open_tar_stream,
     read_archive,
     remove_stale_partials,
@@ -82,19 +83,6 @@ ID_NOTE = ('this engine uses the containerd image store, which names an image by
 
 def _now():
     return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0, tzinfo=None).isoformat() + 'Z'
-
-
-def _fsync_dir(folder):
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _drop_cache(path):
@@ -481,7 +469,7 @@ class ArchiveManager(object):
                 pass
             raise
         os.rename(staged, final)
-        _fsync_dir(self.folder)
+        fsync_folder(self.folder)
         seconds = time.time() - started
         manifest_digests = [image.manifest_digest] if image.manifest_digest else []
         record = dict(

@@ -25,6 +25,7 @@ import os
 import re
 import tempfile
 
+from ansible_collections.pibackup.docker_usb.plugins.module_utils._archive import fsync_folder
 from ansible_collections.pibackup.docker_usb.plugins.module_utils._names import (
     METADATA_SUFFIX,
     is_plain_file_name,
@@ -44,19 +45,6 @@ class CatalogError(Exception):
         super(CatalogError, self).__init__(msg)
         self.msg = msg
         self.path = path
-
-
-def _fsync_dir(folder):
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some FUSE filesystems refuse fsync on directories
-    finally:
-        os.close(fd)
 
 
 def atomic_write(path, data, mode=0o644, uid=None, gid=None):
@@ -81,7 +69,7 @@ def atomic_write(path, data, mode=0o644, uid=None, gid=None):
         except OSError:
             pass
         raise
-    _fsync_dir(folder)
+    fsync_folder(folder)
 
 
 class Sums(object):
