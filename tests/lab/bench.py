@@ -312,6 +312,16 @@ class Bench(object):
             log('%s is not there yet: measuring the baselines only' % MODULE_FILE)
         if args.profile:
             return self.profile()
+        # The fleet first: it needs the fleet lab up, which other runs may take down;
+        # a failed fleet run is reported as a problem, the rest is still measured.
+        fleet = None
+        if args.fleet:
+            import _bench_fleet
+            try:
+                fleet = _bench_fleet.measure(self.ansible, args.reps, log=log)
+            except RuntimeError as exc:
+                fleet = {'error': str(exc)[:500]}
+                self.problems.append('fleet: %s' % str(exc)[:300])
         biggest = max([args.size_mb] + (args.scale_sizes if args.scale else []))
         stick = Stick(max(1024, int(args.size_mb * 5 * 0.954) + int(biggest * 0.954) + 512))
         self.set.ensure(log=log)
@@ -327,11 +337,6 @@ class Bench(object):
                 if os.path.isdir(self.folder(name)):
                     empty_folder(self.folder(name))
             stick.down()
-        fleet = None
-        if args.fleet:
-            import _bench_fleet
-            fleet = _bench_fleet.measure(self.ansible, args.reps, log=log)
-
         summary = report.summarize(self.samples)
         rows = report.table(summary, self.set_bytes, self.stick_bytes)
         compression = []
