@@ -324,8 +324,7 @@ class ArchiveWriter(object):
             if batch is None:
                 self._scan_eof = True
                 return
-            for data in batch:
-                yield data
+            yield from batch
 
     def _run_scan(self):
         try:
