@@ -732,19 +732,8 @@ class _ByteStream(object):
     def read(self, size):
         """Return up to ``size`` bytes; fewer only at the end of the stream."""
         parts = []
-        need = size
-        while need:
-            avail = len(self._buf) - self._pos
-            if not avail:
-                if not self._fill():
-                    break
-                continue
-            take = min(avail, need)
-            parts.append(self._buf[self._pos:self._pos + take])
-            self._pos += take
-            need -= take
-        self.offset += size - need
-        return parts[0] if len(parts) == 1 else b''.join(parts)
+        self.feed(size, parts.append)
+        return b''.join(parts)
 
     def feed(self, size, consumer):
         """Pass the next ``size`` bytes to ``consumer`` (memoryviews); return how many there were."""

@@ -461,9 +461,8 @@ def known_engines():
     return names
 
 
-def containerd_processes():
-    """(pid, argv, dirs) of every running containerd (not shims), to show each engine has its own."""
-    found = []
+def _process_argvs():
+    """(pid, argv) of every running process whose command line can be read."""
     for entry in os.listdir('/proc'):
         if not entry.isdigit():
             continue
@@ -472,8 +471,15 @@ def containerd_processes():
                 argv = [_text(a) for a in handle.read().split(b'\0') if a]
         except (IOError, OSError):
             continue
+        yield int(entry), argv
+
+
+def containerd_processes():
+    """(pid, argv, dirs) of every running containerd (not shims), to show each engine has its own."""
+    found = []
+    for pid, argv in _process_argvs():
         if argv and os.path.basename(argv[0]) == 'containerd':
-            found.append((int(entry), argv, _containerd_dirs(argv)))
+            found.append((pid, argv, _containerd_dirs(argv)))
     return sorted(found)
 
 
@@ -534,14 +540,7 @@ def mount_is_dead(mount_point):
 def _fuse_daemon_devices():
     """{mount point: device} from the command lines of running FUSE filesystem daemons."""
     found = {}
-    for entry in os.listdir('/proc'):
-        if not entry.isdigit():
-            continue
-        try:
-            with open('/proc/%s/cmdline' % entry, 'rb') as handle:
-                argv = [_text(a) for a in handle.read().split(b'\0') if a]
-        except (IOError, OSError):
-            continue
+    for _pid, argv in _process_argvs():
         if not argv or os.path.basename(argv[0]) not in ('mount.exfat-fuse', 'mount.exfat',
                                                          'fusefat', 'exfat-fuse'):
             continue

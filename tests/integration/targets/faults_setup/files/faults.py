@@ -374,17 +374,7 @@ def _process_groups(root):
 
 
 def _group_alive(pgid):
-    for entry in os.listdir('/proc'):
-        if not entry.isdigit():
-            continue
-        try:
-            with open('/proc/%s/stat' % entry) as handle:
-                fields = handle.read().rsplit(') ', 1)[1].split()
-        except (IOError, OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != 'Z':
-            return True
-    return False
+    return any(group == pgid and state != 'Z' for state, _ppid, group in _processes().values())
 
 
 def cmd_mid_save(args):
