@@ -57,6 +57,10 @@ from ansible_collections.pibackup.docker_usb.plugins.module_utils._engine import
 from ansible_collections.pibackup.docker_usb.plugins.module_utils._identity import (
     fingerprint_from_inspect,
 )
+from ansible_collections.pibackup.docker_usb.plugins.module_utils._mountinfo import (
+    mount_holding,
+    read_mountinfo,
+)
 from ansible_collections.pibackup.docker_usb.plugins.module_utils._names import (
     METADATA_SUFFIX,
     archive_base,
@@ -99,18 +103,11 @@ def _drop_cache(path):
 def _mount_fstype(folder):
     """fstype of the mount holding folder, from /proc/self/mountinfo (None when unknown)."""
     try:
-        from ansible_collections.pibackup.docker_usb.plugins.module_utils._mountinfo import read_mountinfo
         entries = read_mountinfo()
-    except (ImportError, IOError, OSError):
+    except (IOError, OSError):
         return None
-    real = os.path.realpath(folder)
-    best = None
-    for entry in entries:
-        point = entry.mount_point.rstrip('/') or '/'
-        if real == point or real.startswith(point.rstrip('/') + '/') or point == '/':
-            if best is None or len(point) >= len(best.mount_point.rstrip('/') or '/'):
-                best = entry
-    return best.fstype if best is not None else None
+    entry = mount_holding(entries, folder)
+    return entry.fstype if entry is not None else None
 
 
 def _human(size):

@@ -112,6 +112,19 @@ def top_mount_at(entries, mount_point):
     return found
 
 
+def mount_holding(entries, path):
+    """The entry of the mount that holds path (the longest mount point above it; of mounts
+    stacked on one point, the last), or None."""
+    real = os.path.realpath(path)
+    best = None
+    for entry in entries:
+        point = entry.mount_point.rstrip('/') or '/'
+        if real == point or real.startswith(point.rstrip('/') + '/') or point == '/':
+            if best is None or len(point) >= len(best.mount_point.rstrip('/') or '/'):
+                best = entry
+    return best
+
+
 def is_alive(mount_point):
     """False when the mount answers ENOTCONN (a FUSE mount whose daemon died)."""
     try:

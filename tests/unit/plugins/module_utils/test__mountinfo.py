@@ -61,6 +61,16 @@ def test_top_mount_at_is_the_last_one():
     assert _mountinfo.top_mount_at(entries, '/tmp/mount') is None
 
 
+def test_mount_holding_is_the_longest_mount_point_above_the_path():
+    inner = FUSEFAT.replace('/tmp/mount/fat', '/tmp/mount/mp/inner')
+    entries = _mountinfo.parse_mountinfo('\n'.join([ROOT, FUSEBLK, FUSEFAT, inner]))
+    assert _mountinfo.mount_holding(entries, '/tmp/mount/mp/docker_images_backup/host').fstype == 'fuseblk'
+    assert _mountinfo.mount_holding(entries, '/tmp/mount/mp/inner/x').fstype == 'fuse.fusefat'
+    assert _mountinfo.mount_holding(entries, '/tmp/mount/fat').fstype == 'fuse.fusefat'
+    assert _mountinfo.mount_holding(entries, '/tmp/mount/fatter').fstype == 'ext4'
+    assert _mountinfo.mount_holding([], '/anything') is None
+
+
 def test_read_only_from_mount_or_super_options():
     assert _mountinfo.parse_line(KERNEL_VFAT_RO).read_only
     assert not _mountinfo.parse_line(KERNEL_EXFAT).read_only
