@@ -431,8 +431,13 @@ class ArchiveWriter(object):
             raise ArchiveError('%s exited with code %d: %s' % (self.tool, code, text or 'no message'),
                                path=self.final_path)
 
-    def commit(self):
-        """Flush, fsync, rename to the final name, fsync the folder; return (sha256 hex, bytes on disk)."""
+    def commit(self, check=None):
+        """Flush, fsync, check, rename to the final name, fsync the folder; return (sha256 hex, bytes on disk).
+
+        ``check(temp_path, sha256, report)`` is called on the complete, fsynced file before the
+        rename (``report`` is the inspection's, or None); whatever it raises aborts the write: the
+        temporary file is removed and the final path is never touched.
+        """
         if self._done:
             raise ArchiveError('commit after commit or abort', path=self.final_path)
         try:
@@ -445,6 +450,19 @@ class ArchiveWriter(object):
                 os.fsync(self._fd)
                 os.close(self._fd)
                 self._fd = None
+            except OSError as exc:
+                raise ArchiveError('cannot complete %s: %s' % (self.temp_path, exc.strerror), path=self.final_path)
+            if self._scan is not None:
+                self.report = ArchiveReport(self.final_path)
+                self.report.sha256 = self.sha256
+                self.report.bytes = self.bytes_written
+                self.report.compression = self.compression
+                _check_members(self.report, self._scan)
+                if self._scan_error is not None:
+                    self.report.problems.append('checking the stream failed: %s' % self._scan_error)
+            if check is not None:
+                check(self.temp_path, self.sha256, self.report)
+            try:
                 os.rename(self.temp_path, self.final_path)
             except OSError as exc:
                 raise ArchiveError('cannot complete %s: %s' % (self.temp_path, exc.strerror), path=self.final_path)
@@ -453,14 +471,6 @@ class ArchiveWriter(object):
             self.abort()
             raise
         fsync_folder(os.path.dirname(os.path.abspath(self.final_path)))
-        if self._scan is not None:
-            self.report = ArchiveReport(self.final_path)
-            self.report.sha256 = self.sha256
-            self.report.bytes = self.bytes_written
-            self.report.compression = self.compression
-            _check_members(self.report, self._scan)
-            if self._scan_error is not None:
-                self.report.problems.append('checking the stream failed: %s' % self._scan_error)
         return self.sha256, self.bytes_written
 
     def _kill(self):

@@ -31,7 +31,6 @@ from ansible_collections.pibackup.docker_usb.plugins.module_utils._archive impor
     SUFFIX,
     ArchiveError,
     ArchiveWriter,
-    fsync_folder,
     open_tar_stream,
     read_archive,
     remove_stale_partials,
@@ -78,7 +77,6 @@ except ImportError:
 ARCHIVE_SUFFIXES = ('.tar', '.tar.gz', '.tgz', '.tar.zst')
 FAT_FILESYSTEMS = ('vfat', 'msdos', 'fat', 'fuse.fusefat')
 FAT32_MAX_FILE_BYTES = 4 * 1024 ** 3 - 1
-STAGED_SUFFIX = '.partial-staged'
 CHUNK = 1024 * 1024
 ACTIONS = ('saved', 'unchanged', 'loaded', 'verified', 'failed')
 ID_NOTE = ('this engine uses the containerd image store, which names an image by its manifest '
@@ -434,18 +432,23 @@ class ArchiveManager(object):
     def _save(self, inspect, tags, by_id, file_name, existing, sums, limit, compression):
         item = ', '.join(tags) or inspect['Id']
         final = os.path.join(self.folder, file_name)
-        staged = os.path.join(self.folder, '.' + file_name + STAGED_SUFFIX)
         names = tags if tags else [inspect['Id']]
         started = time.time()
         # verify=quick checks the tar stream while it is written (no second read);
         # verify=full reads the file back from the stick after dropping it from the cache.
         quick = self.params['verify'] != 'full'
-        writer = ArchiveWriter(staged, compression=compression, max_file_bytes=limit,
+        writer = ArchiveWriter(final, compression=compression, max_file_bytes=limit,
                                inspect='structure' if quick else False)
+        checked = []
+
+        def check(temp_path, sha256, report):
+            # runs before the new archive replaces anything; a failure removes it
+            checked.append(self._check_written(temp_path, sha256, inspect, tags, item, report if quick else None))
+
         try:
             for chunk in self.engine.save(names):
                 writer.write(chunk)
-            sha256, size = writer.commit()
+            sha256, size = writer.commit(check)
         except ArchiveError as exc:
             writer.abort()
             raise ModuleFailure('saving %s failed: %s; the older archive, if any, was left as it was'
@@ -457,16 +460,7 @@ class ArchiveManager(object):
         except BaseException:
             writer.abort()
             raise
-        try:
-            image = self._check_written(staged, sha256, inspect, tags, item, writer.report if quick else None)
-        except BaseException:
-            try:
-                os.unlink(staged)
-            except OSError:
-                pass
-            raise
-        os.rename(staged, final)
-        fsync_folder(self.folder)
+        image = checked[0]
         seconds = time.time() - started
         manifest_digests = [image.manifest_digest] if image.manifest_digest else []
         record = dict(
@@ -492,15 +486,15 @@ class ArchiveManager(object):
         return self._result_entry('saved', tags, inspect['Id'], image.config_digest, file_name, size, sha256,
                                   seconds, compression=compression, by_id=by_id)
 
-    def _check_written(self, staged, sha256, inspect, tags, item, report=None):
+    def _check_written(self, path, sha256, inspect, tags, item, report=None):
         """Check the new archive before it replaces anything; return its ArchivedImage.
 
         ``report`` is the check made while writing (verify=quick); without it the
         file is read back from the stick, past the kernel's cache (verify=full).
         """
         if report is None:
-            _drop_cache(staged)
-            report = read_archive(staged, expected_sha256=sha256)
+            _drop_cache(path)
+            report = read_archive(path, expected_sha256=sha256)
         self._last_format = report.format
         problems = list(report.problems)
         if len(report.images) != 1:

@@ -860,3 +860,29 @@ def test_shallow_read_trusts_only_a_matching_record(tmp_path, kind):
     unrecorded = read_archive(str(damaged), deep=False)
     assert not unrecorded.ok
     assert any('damaged' in problem for problem in unrecorded.problems), unrecorded.problems
+
+
+def test_commit_check_runs_before_the_rename_and_a_failure_keeps_the_old_file(tmp_path):
+    """commit(check) sees the complete temporary file; raising there leaves the final path as it was."""
+    source, dummy, dummy2 = build(tmp_path, 'docker-archive')
+    raw = open(source, 'rb').read()
+    final = tmp_path / 'kept.tar'
+    final.write_bytes(b'the older archive')
+    seen = []
+
+    def refuse(temp_path, sha256, report):
+        seen.append((temp_path, os.path.getsize(temp_path), sha256, report.ok))
+        raise ValueError('refused by the check')
+
+    writer = ArchiveWriter(str(final), inspect='structure')
+    feed(writer, raw, step=4096)
+    with pytest.raises(ValueError):
+        writer.commit(refuse)
+    assert seen and seen[0][1] == len(raw) and seen[0][2] == hash_file(source)[0] and seen[0][3]
+    assert not os.path.exists(seen[0][0])
+    assert final.read_bytes() == b'the older archive'
+    assert not [name for name in os.listdir(str(tmp_path)) if '.partial-' in name]
+    writer = ArchiveWriter(str(final))
+    feed(writer, raw, step=4096)
+    writer.commit(lambda temp_path, sha256, report: seen.append(report))
+    assert seen[-1] is None and final.read_bytes() == raw
